@@ -1,0 +1,343 @@
+package realtime
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults of ConnOptions. Each applies when its field is zero.
+const (
+	// DefaultReadLimit is the largest message, in bytes, that a Conn
+	// accepts: 64 KiB. It is below the realtime server's default
+	// send-buffer cap of 1 MiB, so one maximal message can never by itself
+	// trip a slow-consumer close.
+	DefaultReadLimit = 64 << 10
+	// DefaultIdleTimeout is how long a Conn waits for the next frame to
+	// arrive completely before it gives up on the peer.
+	DefaultIdleTimeout = 60 * time.Second
+	// DefaultWriteTimeout bounds the writing of one frame.
+	DefaultWriteTimeout = 10 * time.Second
+	// DefaultCloseTimeout bounds the close handshake: how long Close waits
+	// for the peer's close frame, and how long this side waits to send its
+	// own close frame when another write holds the connection.
+	DefaultCloseTimeout = 5 * time.Second
+	// DefaultHandshakeTimeout bounds the opening handshake: writing the 101
+	// response on the server, and dialing, TLS and the HTTP exchange on
+	// the client.
+	DefaultHandshakeTimeout = 10 * time.Second
+
+	// defaultReadBufferSize is the size of a connection's own read
+	// buffer. Payloads larger than it are read directly into the message
+	// buffer, so it only needs to hold headers and small frames.
+	defaultReadBufferSize = 512
+	// writeFragmentSize is the largest frame Write sends; longer messages
+	// are fragmented so that control frames (a pong, a close) can go out
+	// between their fragments.
+	writeFragmentSize = 64 << 10
+)
+
+// ConnOptions are the limits and timeouts of a connection, shared by
+// AcceptOptions and DialOptions. The zero value means the defaults above.
+type ConnOptions struct {
+	// ReadLimit is the largest message in bytes that Read accepts; a
+	// longer one fails the connection with close code 1009 (message too
+	// big). Zero means DefaultReadLimit (64 KiB); negative means no limit,
+	// which lets any peer make this side allocate without bound.
+	ReadLimit int64
+
+	// IdleTimeout is how long a read waits for the next frame to arrive
+	// completely. When it passes, the connection is closed (the peer is
+	// sent 1001, best effort) and Read returns an error. It protects a
+	// reading goroutine against peers that vanish or trickle bytes.
+	// Zero means DefaultIdleTimeout (60 s); negative means no timeout.
+	IdleTimeout time.Duration
+
+	// WriteTimeout bounds the writing of each frame. When it passes, the
+	// connection is closed. Zero means DefaultWriteTimeout (10 s);
+	// negative means no timeout.
+	WriteTimeout time.Duration
+
+	// CloseTimeout bounds the close handshake. Zero means
+	// DefaultCloseTimeout (5 s).
+	CloseTimeout time.Duration
+}
+
+func (o ConnOptions) withDefaults() ConnOptions {
+	if o.ReadLimit == 0 {
+		o.ReadLimit = DefaultReadLimit
+	}
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
+	if o.WriteTimeout == 0 {
+		o.WriteTimeout = DefaultWriteTimeout
+	}
+	if o.CloseTimeout <= 0 {
+		o.CloseTimeout = DefaultCloseTimeout
+	}
+	return o
+}
+
+// ErrClosed is returned by the methods of a Conn used after it was closed
+// without a close handshake, and matched by errors.Is on any error a Conn
+// returns once it is closed.
+var ErrClosed = errors.New("websocket: connection closed")
+
+// Conn is a WebSocket connection, either side. Get one from Accept (server)
+// or Dial (client).
+//
+// Concurrency: one goroutine at a time may read (Read and ReadInto
+// serialize); any number of goroutines may write, ping and close
+// concurrently. Frames of different messages never interleave on the wire,
+// and control frames (pong, close, ping) may go out between the fragments of
+// a long message. A Conn starts no goroutines of its own: the connection
+// makes progress only while some goroutine reads or writes.
+//
+// Pings from the peer are answered with pongs by whichever goroutine is
+// reading, so a connection must be read for pings to be answered and for
+// close frames to be seen.
+type Conn struct {
+	nc          net.Conn
+	client      bool // this side is the client: it masks, the peer must not
+	subprotocol string
+	opts        ConnOptions
+
+	// Read side, owned by the goroutine holding readMu.
+	readMu  sync.Mutex
+	rbuf    []byte
+	rpos    int
+	rend    int
+	ctrl    [maxControlPayload]byte
+	utf8    utf8Validator
+	readErr error // sticky: once set, every read returns it
+	rdl     ioDeadline
+
+	// Write side. msgSem is held for a whole data message, frameSem for
+	// each frame (both are 1-slot semaphores so waits can honour a
+	// context).
+	msgSem   chan struct{}
+	frameSem chan struct{}
+	whdr     [maxHeaderSize]byte
+	wbufs    [2][]byte
+	wnb      net.Buffers
+	writev   bool          // nc gathers buffers in one system call (TCP, Unix)
+	rng      *rand.ChaCha8 // masking keys, client side only, made on first use
+	wdl      ioDeadline
+
+	// A pong owed to the peer, written by whoever next holds frameSem.
+	pongMu      sync.Mutex
+	pongPending atomic.Bool
+	pongLen     int
+	pongBuf     [maxControlPayload]byte
+
+	// Close state.
+	closeMu   sync.Mutex
+	closeSent atomic.Bool   // a close frame was written (or is being written)
+	closeRecv chan struct{} // closed when the peer's close frame is read
+	recvOnce  sync.Once
+	closeErr  *CloseError // how the connection ended, once it has
+	closed    chan struct{}
+	closeOnce sync.Once
+
+	// Pings sent by Ping, waiting for their pong.
+	pingMu  sync.Mutex
+	pingSeq uint64
+	pings   map[uint64]chan struct{}
+}
+
+// newConn wraps nc, whose opening handshake is complete. pre holds bytes
+// already read from nc past the handshake.
+func newConn(nc net.Conn, client bool, subprotocol string, opts ConnOptions, pre []byte) *Conn {
+	c := &Conn{
+		nc:          nc,
+		client:      client,
+		subprotocol: subprotocol,
+		opts:        opts.withDefaults(),
+		msgSem:      make(chan struct{}, 1),
+		frameSem:    make(chan struct{}, 1),
+		closeRecv:   make(chan struct{}),
+		closed:      make(chan struct{}),
+	}
+	size := defaultReadBufferSize
+	if len(pre) > size {
+		size = len(pre)
+	}
+	c.rbuf = make([]byte, size)
+	c.rend = copy(c.rbuf, pre)
+	switch nc.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		c.writev = true
+	}
+	c.rdl.set = nc.SetReadDeadline
+	c.wdl.set = nc.SetWriteDeadline
+	return c
+}
+
+// Subprotocol returns the subprotocol negotiated in the opening handshake,
+// or "" when none was.
+func (c *Conn) Subprotocol() string { return c.subprotocol }
+
+// LocalAddr returns the local network address.
+func (c *Conn) LocalAddr() net.Addr { return c.nc.LocalAddr() }
+
+// RemoteAddr returns the remote network address.
+func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
+
+// Done returns a channel that is closed once the underlying network
+// connection is closed, whatever closed it.
+func (c *Conn) Done() <-chan struct{} { return c.closed }
+
+// CloseNow closes the network connection at once, without a close
+// handshake. Blocked reads and writes return. It is what a server does to
+// a peer that stopped answering. It returns ErrClosed if the connection was
+// already closed.
+func (c *Conn) CloseNow() error {
+	if !c.closeTCP(&CloseError{Code: CloseAbnormalClosure, Reason: "connection closed without a close handshake"}) {
+		return ErrClosed
+	}
+	return nil
+}
+
+// closeTCP closes the network connection and records why, the first time.
+// It reports whether this call closed it.
+func (c *Conn) closeTCP(why *CloseError) bool {
+	did := false
+	c.closeOnce.Do(func() {
+		did = true
+		c.closeMu.Lock()
+		if c.closeErr == nil {
+			c.closeErr = why
+		}
+		c.closeMu.Unlock()
+		c.nc.Close()
+		close(c.closed)
+	})
+	return did
+}
+
+// setCloseErr records how the connection ends unless that is known already.
+func (c *Conn) setCloseErr(ce *CloseError) {
+	c.closeMu.Lock()
+	if c.closeErr == nil {
+		c.closeErr = ce
+	}
+	c.closeMu.Unlock()
+}
+
+// endErr is the error that operations return once the connection has
+// ended: the recorded CloseError, which also matches ErrClosed.
+func (c *Conn) endErr() error {
+	c.closeMu.Lock()
+	ce := c.closeErr
+	c.closeMu.Unlock()
+	if ce == nil {
+		return ErrClosed
+	}
+	return &closedError{ce}
+}
+
+// closedError is a CloseError seen by an operation that came after the
+// close: errors.As finds the CloseError and errors.Is matches ErrClosed.
+type closedError struct{ ce *CloseError }
+
+func (e *closedError) Error() string   { return e.ce.Error() }
+func (e *closedError) Unwrap() []error { return []error{e.ce, ErrClosed} }
+
+// isClosed reports whether the network connection was closed.
+func (c *Conn) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// ioDeadline arranges read or write deadlines so that a context's
+// cancellation cannot be overwritten by a later timeout refresh.
+type ioDeadline struct {
+	mu       sync.Mutex
+	gen      uint64
+	canceled bool
+	watching bool // touched only by the goroutine doing the I/O
+	set      func(time.Time) error
+}
+
+// aLongTimeAgo is a deadline in the past, which makes blocked I/O return.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// watch makes ctx's cancellation interrupt the I/O until unwatch.
+func (d *ioDeadline) watch(ctx context.Context) func() bool {
+	if ctx.Done() == nil {
+		return nil
+	}
+	d.mu.Lock()
+	d.gen++
+	gen := d.gen
+	d.canceled = false
+	d.watching = true
+	d.mu.Unlock()
+	return context.AfterFunc(ctx, func() {
+		d.mu.Lock()
+		if d.gen == gen {
+			d.canceled = true
+			d.set(aLongTimeAgo)
+		}
+		d.mu.Unlock()
+	})
+}
+
+func (d *ioDeadline) unwatch(stop func() bool) {
+	if stop == nil {
+		return
+	}
+	stop()
+	d.mu.Lock()
+	d.gen++
+	d.watching = false
+	d.mu.Unlock()
+}
+
+// extend sets the deadline to now+timeout (none when timeout is
+// negative), unless a watched context was canceled.
+func (d *ioDeadline) extend(timeout time.Duration) {
+	var t time.Time
+	if timeout > 0 {
+		t = time.Now().Add(timeout)
+	}
+	if !d.watching {
+		d.set(t)
+		return
+	}
+	d.mu.Lock()
+	if !d.canceled {
+		d.set(t)
+	}
+	d.mu.Unlock()
+}
+
+// ctxErr returns ctx's error when the I/O error err was caused by its
+// cancellation, and err otherwise.
+func ctxErr(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// isTimeout reports whether err is a deadline expiry.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// isEOF reports whether err means the peer closed the TCP connection.
+func isEOF(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+}

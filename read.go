@@ -1,0 +1,298 @@
+package realtime
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+)
+
+// Read reads the next data message and returns its type and payload in a
+// newly allocated slice. It answers pings and handles close frames that
+// arrive on the way. See ReadInto for the errors and for a variant that
+// reuses a buffer.
+func (c *Conn) Read(ctx context.Context) (MessageType, []byte, error) {
+	return c.ReadInto(ctx, nil)
+}
+
+// ReadInto reads the next data message, appends its payload to buf[:0] and
+// returns the result, which aliases buf when it had the capacity. Reading
+// into a buffer reused from message to message allocates nothing.
+//
+// Fragmented messages are reassembled. Pings that arrive (also between
+// fragments) are answered with a pong carrying the same payload; pongs
+// complete the Ping calls waiting for them.
+//
+// Errors: when the peer sends a close frame, ReadInto answers it and returns
+// a *CloseError with Remote set. When the peer breaks the protocol, the
+// connection is failed: a close frame with 1002 (protocol error), 1007
+// (invalid UTF-8) or 1009 (message over the read limit) is sent, the
+// network connection is closed, and ReadInto returns that *CloseError. If
+// ctx ends or the idle timeout passes first, the connection is closed too,
+// since a frame may have been cut in half; the error then matches ctx's
+// error or os.ErrDeadlineExceeded. Once ReadInto has failed, every later
+// read returns the same error.
+//
+// Only one goroutine reads at a time; concurrent calls wait for each other.
+func (c *Conn) ReadInto(ctx context.Context, buf []byte) (MessageType, []byte, error) {
+	c.readMu.Lock()
+	defer c.readMu.Unlock()
+	buf = buf[:0]
+	if c.readErr != nil {
+		return 0, buf, c.readErr
+	}
+	stop := c.rdl.watch(ctx)
+	typ, buf, err := c.readMessage(buf)
+	c.rdl.unwatch(stop)
+	if err != nil {
+		err = c.readFailed(ctx, err)
+		c.readErr = err
+		return 0, buf, err
+	}
+	return typ, buf, nil
+}
+
+// readMessage reads frames until a data message is complete. The caller
+// holds readMu.
+func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
+	var typ MessageType
+	inMessage := false
+	for {
+		h, err := c.readHeader()
+		if err != nil {
+			return 0, buf, err
+		}
+		if ce := c.checkHeader(&h, inMessage); ce != nil {
+			return 0, buf, c.fail(ce)
+		}
+		if h.op.isControl() {
+			if err := c.readControl(&h); err != nil {
+				return 0, buf, err
+			}
+			continue
+		}
+		if !inMessage {
+			inMessage = true
+			typ = MessageType(h.op)
+			c.utf8.reset()
+		}
+		if lim := c.opts.ReadLimit; lim > 0 && int64(len(buf))+h.length > lim {
+			return 0, buf, c.fail(&CloseError{Code: CloseMessageTooBig,
+				Reason: "message exceeds the read limit of " + strconv.FormatInt(lim, 10) + " bytes"})
+		}
+		buf, err = c.readPayload(buf, &h, typ == MessageText)
+		if err != nil {
+			return 0, buf, err
+		}
+		if h.fin {
+			if typ == MessageText && !c.utf8.complete() {
+				return 0, buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "text message ends inside a UTF-8 sequence"})
+			}
+			return typ, buf, nil
+		}
+	}
+}
+
+// readHeader reads the next frame header. The idle timeout starts over
+// with each frame, unless a close handshake is under way (then its own
+// deadline holds).
+func (c *Conn) readHeader() (header, error) {
+	if !c.closeSent.Load() {
+		c.rdl.extend(c.opts.IdleTimeout)
+	}
+	if err := c.fill(2); err != nil {
+		return header{}, err
+	}
+	n := headerLen(c.rbuf[c.rpos], c.rbuf[c.rpos+1])
+	if err := c.fill(n); err != nil {
+		return header{}, err
+	}
+	h, _, err := parseHeader(c.rbuf[c.rpos : c.rpos+n])
+	c.rpos += n
+	if err != nil {
+		return header{}, c.fail(&CloseError{Code: CloseProtocolError, Reason: err.Error()})
+	}
+	return h, nil
+}
+
+// checkHeader applies the rules of RFC 6455 section 5 that depend on the
+// side and on the message in progress.
+func (c *Conn) checkHeader(h *header, inMessage bool) *CloseError {
+	switch {
+	case h.rsv != 0:
+		return &CloseError{Code: CloseProtocolError, Reason: fmt.Sprintf("reserved bits set (0x%02x) with no extension negotiated", h.rsv)}
+	case !h.op.known():
+		return &CloseError{Code: CloseProtocolError, Reason: "unknown " + h.op.String()}
+	case c.client && h.masked:
+		return &CloseError{Code: CloseProtocolError, Reason: "masked frame from the server"}
+	case !c.client && !h.masked:
+		return &CloseError{Code: CloseProtocolError, Reason: "unmasked frame from the client"}
+	}
+	if h.op.isControl() {
+		if !h.fin {
+			return &CloseError{Code: CloseProtocolError, Reason: "fragmented " + h.op.String() + " frame"}
+		}
+		if h.length > maxControlPayload {
+			return &CloseError{Code: CloseProtocolError, Reason: h.op.String() + " frame payload over 125 bytes"}
+		}
+		return nil
+	}
+	if h.op == opContinuation && !inMessage {
+		return &CloseError{Code: CloseProtocolError, Reason: "continuation frame with no message in progress"}
+	}
+	if h.op != opContinuation && inMessage {
+		return &CloseError{Code: CloseProtocolError, Reason: h.op.String() + " frame inside a fragmented message"}
+	}
+	return nil
+}
+
+// readPayload appends the frame's payload to buf, unmasking it and, for
+// text, validating its UTF-8 as it arrives. buf grows only as bytes
+// actually arrive, so a header announcing a huge length cannot by itself
+// make the reader allocate.
+func (c *Conn) readPayload(buf []byte, h *header, text bool) ([]byte, error) {
+	remaining := h.length
+	pos := 0
+	for remaining > 0 {
+		if len(buf) == cap(buf) {
+			grow := len(buf)
+			if grow < 512 {
+				grow = 512
+			}
+			if int64(grow) > remaining {
+				grow = int(remaining)
+			}
+			buf = slices.Grow(buf, grow)
+		}
+		chunk := cap(buf) - len(buf)
+		if int64(chunk) > remaining {
+			chunk = int(remaining)
+		}
+		start := len(buf)
+		buf = buf[:start+chunk]
+		p := buf[start:]
+		if err := c.readFull(p); err != nil {
+			return buf[:start], err
+		}
+		if h.masked {
+			pos = maskBytes(h.key, pos, p)
+		}
+		if text && !c.utf8.write(p) {
+			return buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "invalid UTF-8 in text message"})
+		}
+		remaining -= int64(chunk)
+	}
+	return buf, nil
+}
+
+// readControl reads a control frame's payload and acts on it.
+func (c *Conn) readControl(h *header) error {
+	p := c.ctrl[:h.length]
+	if err := c.readFull(p); err != nil {
+		return err
+	}
+	if h.masked {
+		maskBytes(h.key, 0, p)
+	}
+	switch h.op {
+	case opPing:
+		c.queuePong(p)
+	case opPong:
+		c.handlePong(p)
+	case opClose:
+		return c.handleClose(p)
+	}
+	return nil
+}
+
+// handlePong completes the Ping call whose payload the pong echoes.
+func (c *Conn) handlePong(p []byte) {
+	if len(p) != 8 {
+		return
+	}
+	seq := binary.BigEndian.Uint64(p)
+	c.pingMu.Lock()
+	if ch, ok := c.pings[seq]; ok {
+		close(ch)
+		delete(c.pings, seq)
+	}
+	c.pingMu.Unlock()
+}
+
+// fill makes at least n bytes (n <= len(c.rbuf)) available in the read
+// buffer.
+func (c *Conn) fill(n int) error {
+	if c.rend-c.rpos >= n {
+		return nil
+	}
+	if c.rpos > 0 {
+		c.rend = copy(c.rbuf, c.rbuf[c.rpos:c.rend])
+		c.rpos = 0
+	}
+	for c.rend < n {
+		m, err := c.nc.Read(c.rbuf[c.rend:])
+		c.rend += m
+		if err != nil {
+			if c.rend >= n {
+				return nil
+			}
+			if err == io.EOF && c.rend > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// readFull fills p from the buffer and then the network. Large reads go
+// straight into p.
+func (c *Conn) readFull(p []byte) error {
+	k := copy(p, c.rbuf[c.rpos:c.rend])
+	c.rpos += k
+	p = p[k:]
+	if len(p) == 0 {
+		return nil
+	}
+	if len(p) < len(c.rbuf) {
+		if err := c.fill(len(p)); err != nil {
+			return err
+		}
+		c.rpos += copy(p, c.rbuf[c.rpos:c.rend])
+		return nil
+	}
+	_, err := io.ReadFull(c.nc, p)
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// readFailed turns a read error into the error Read reports, and closes the
+// connection when the error leaves it unusable.
+func (c *Conn) readFailed(ctx context.Context, err error) error {
+	var ce *CloseError
+	if errors.As(err, &ce) {
+		return err // a close frame was received, or the connection failed
+	}
+	if c.isClosed() {
+		return c.endErr()
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		c.fail(&CloseError{Code: CloseGoingAway, Reason: "read canceled"})
+		return fmt.Errorf("websocket: read: %w", cerr)
+	}
+	if isTimeout(err) {
+		c.fail(&CloseError{Code: CloseGoingAway, Reason: "idle timeout"})
+		return fmt.Errorf("websocket: read: no frame within the idle timeout of %v: %w", c.opts.IdleTimeout, err)
+	}
+	if isEOF(err) {
+		c.closeTCP(&CloseError{Code: CloseAbnormalClosure, Reason: "connection closed without a close frame"})
+		return c.endErr()
+	}
+	c.closeTCP(&CloseError{Code: CloseAbnormalClosure, Reason: err.Error()})
+	return fmt.Errorf("websocket: read: %w", err)
+}

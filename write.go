@@ -1,0 +1,305 @@
+package realtime
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync"
+)
+
+// Write sends p as one message of type typ. Messages longer than 64 KiB go
+// out in fragments of 64 KiB so that control frames (pongs, a close) are
+// never stuck behind one long write. Write returns when the last byte was
+// handed to the network connection.
+//
+// Concurrent calls are safe: each message goes out whole, never interleaved
+// with another. If ctx ends or the write timeout passes in the middle of a
+// message, the connection is closed, since a frame may have been cut short.
+// Writing a message allocates nothing on a warm connection. Text messages
+// are sent as given; sending invalid UTF-8 makes the peer close the
+// connection with 1007.
+func (c *Conn) Write(ctx context.Context, typ MessageType, p []byte) error {
+	if typ != MessageText && typ != MessageBinary {
+		return fmt.Errorf("websocket: write: invalid message type %d", int(typ))
+	}
+	if err := c.acquire(ctx, c.msgSem); err != nil {
+		return err
+	}
+	defer func() { <-c.msgSem }()
+	op := opcode(typ)
+	for {
+		n, fin := len(p), true
+		if n > writeFragmentSize {
+			n, fin = writeFragmentSize, false
+		}
+		if err := c.writeFrame(ctx, fin, op, p[:n]); err != nil {
+			return err
+		}
+		if fin {
+			return nil
+		}
+		p, op = p[n:], opContinuation
+	}
+}
+
+// Writer returns a writer for one message of type typ sent in fragments:
+// each call to its Write sends one frame, and Close sends the final frame.
+// No other message is sent until Close is called. Most callers want Write;
+// Writer is for streaming a message whose length is not known in advance.
+func (c *Conn) Writer(ctx context.Context, typ MessageType) (io.WriteCloser, error) {
+	if typ != MessageText && typ != MessageBinary {
+		return nil, fmt.Errorf("websocket: writer: invalid message type %d", int(typ))
+	}
+	if err := c.acquire(ctx, c.msgSem); err != nil {
+		return nil, err
+	}
+	return &fragmentWriter{c: c, ctx: ctx, op: opcode(typ)}, nil
+}
+
+type fragmentWriter struct {
+	c      *Conn
+	ctx    context.Context
+	op     opcode
+	closed bool
+}
+
+// Write sends p as one non-final frame. An empty p sends nothing.
+func (w *fragmentWriter) Write(p []byte) (int, error) {
+	if w.closed {
+		return 0, errors.New("websocket: write to a closed message writer")
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if err := w.c.writeFrame(w.ctx, false, w.op, p); err != nil {
+		return 0, err
+	}
+	w.op = opContinuation
+	return len(p), nil
+}
+
+// Close sends the final, empty frame of the message and lets other
+// messages go out.
+func (w *fragmentWriter) Close() error {
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	defer func() { <-w.c.msgSem }()
+	return w.c.writeFrame(w.ctx, true, w.op, nil)
+}
+
+// Ping sends a ping and waits for the peer's pong to it. Some goroutine must
+// be reading the connection for the pong to be seen. It returns ctx's error
+// if ctx ends first.
+func (c *Conn) Ping(ctx context.Context) error {
+	c.pingMu.Lock()
+	c.pingSeq++
+	seq := c.pingSeq
+	if c.pings == nil {
+		c.pings = make(map[uint64]chan struct{})
+	}
+	done := make(chan struct{})
+	c.pings[seq] = done
+	c.pingMu.Unlock()
+	defer func() {
+		c.pingMu.Lock()
+		delete(c.pings, seq)
+		c.pingMu.Unlock()
+	}()
+
+	var p [8]byte
+	binary.BigEndian.PutUint64(p[:], seq)
+	if err := c.writeFrame(ctx, true, opPing, p[:]); err != nil {
+		return err
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("websocket: ping: %w", ctx.Err())
+	case <-c.closed:
+		return c.endErr()
+	}
+}
+
+// acquire takes a one-slot semaphore, giving up when ctx ends or the
+// connection closes.
+func (c *Conn) acquire(ctx context.Context, sem chan struct{}) error {
+	select {
+	case sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("websocket: write: %w", ctx.Err())
+	case <-c.closed:
+		return c.endErr()
+	}
+}
+
+// writeFrame sends one frame. Once a close frame was sent, no other frame
+// may follow it and writeFrame fails.
+func (c *Conn) writeFrame(ctx context.Context, fin bool, op opcode, p []byte) error {
+	if err := c.acquire(ctx, c.frameSem); err != nil {
+		return err
+	}
+	if c.closeSent.Load() {
+		c.releaseFrame()
+		return c.endErr()
+	}
+	stop := c.wdl.watch(ctx)
+	err := c.writeFrameLocked(fin, op, p)
+	c.wdl.unwatch(stop)
+	c.releaseFrame()
+	if err != nil {
+		return c.writeFailed(ctx, err)
+	}
+	return nil
+}
+
+// writeFrameLocked writes one frame; the caller holds frameSem.
+func (c *Conn) writeFrameLocked(fin bool, op opcode, p []byte) error {
+	c.wdl.extend(c.opts.WriteTimeout)
+	if c.client {
+		return c.writeMasked(fin, op, p)
+	}
+	n := putHeader(c.whdr[:], fin, op, false, 0, len(p))
+	if len(p) == 0 {
+		_, err := c.nc.Write(c.whdr[:n])
+		return err
+	}
+	if c.writev {
+		// One writev system call: header and payload, no copy.
+		c.wbufs[0], c.wbufs[1] = c.whdr[:n], p
+		c.wnb = c.wbufs[:]
+		_, err := c.wnb.WriteTo(c.nc)
+		c.wbufs[1] = nil // do not keep the caller's buffer alive
+		return err
+	}
+	bp := getWriteBuf(n + len(p))
+	b := append(append((*bp)[:0], c.whdr[:n]...), p...)
+	_, err := c.nc.Write(b)
+	putWriteBuf(bp, b)
+	return err
+}
+
+// writeMasked writes a client frame: the payload is copied and masked with a
+// fresh key (RFC 6455 section 5.3), leaving the caller's bytes untouched.
+func (c *Conn) writeMasked(fin bool, op opcode, p []byte) error {
+	key := c.maskKey()
+	bp := getWriteBuf(maxHeaderSize + len(p))
+	b := (*bp)[:maxHeaderSize]
+	n := putHeader(b, fin, op, true, key, len(p))
+	b = append(b[:n], p...)
+	maskBytes(key, 0, b[n:])
+	_, err := c.nc.Write(b)
+	putWriteBuf(bp, b)
+	return err
+}
+
+// maskKey returns a fresh masking key from a ChaCha8 generator seeded from
+// crypto/rand, so keys cannot be predicted by the application or a proxy.
+// The caller holds frameSem.
+func (c *Conn) maskKey() uint32 {
+	if c.rng == nil {
+		var seed [32]byte
+		crand.Read(seed[:])
+		c.rng = rand.NewChaCha8(seed)
+	}
+	return uint32(c.rng.Uint64())
+}
+
+// releaseFrame gives up frameSem, first writing any pong owed to the peer.
+// A reader that queued a pong while another goroutine held frameSem relies
+// on the holder to send it here.
+func (c *Conn) releaseFrame() {
+	for {
+		if c.pongPending.Load() {
+			c.writePendingPong()
+		}
+		<-c.frameSem
+		if !c.pongPending.Load() {
+			return
+		}
+		// A pong was queued after the check above; send it unless another
+		// goroutine took the semaphore (it will send it then).
+		select {
+		case c.frameSem <- struct{}{}:
+		default:
+			return
+		}
+	}
+}
+
+// queuePong records that a pong with payload p is owed and sends it now if
+// no other frame is being written. Only the latest ping is answered when
+// several arrive while a write is in progress, which RFC 6455 section 5.5.3
+// allows.
+func (c *Conn) queuePong(p []byte) {
+	c.pongMu.Lock()
+	c.pongLen = copy(c.pongBuf[:], p)
+	c.pongPending.Store(true)
+	c.pongMu.Unlock()
+	select {
+	case c.frameSem <- struct{}{}:
+		c.releaseFrame()
+	default:
+	}
+}
+
+// writePendingPong sends the owed pong; the caller holds frameSem.
+func (c *Conn) writePendingPong() {
+	var buf [maxControlPayload]byte
+	c.pongMu.Lock()
+	n := copy(buf[:], c.pongBuf[:c.pongLen])
+	c.pongPending.Store(false)
+	c.pongMu.Unlock()
+	if c.closeSent.Load() {
+		return
+	}
+	if err := c.writeFrameLocked(true, opPong, buf[:n]); err != nil {
+		c.closeTCP(&CloseError{Code: CloseAbnormalClosure, Reason: "writing a pong: " + err.Error()})
+	}
+}
+
+// writeFailed closes the connection after a failed write: part of a frame
+// may have been written, so nothing more can be sent on it.
+func (c *Conn) writeFailed(ctx context.Context, err error) error {
+	if c.isClosed() {
+		return c.endErr()
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		err = cerr
+	}
+	c.closeTCP(&CloseError{Code: CloseAbnormalClosure, Reason: "write failed: " + err.Error()})
+	return fmt.Errorf("websocket: write: %w", err)
+}
+
+// Write buffers for client frames (which must be copied to be masked) and
+// for connections that cannot gather buffers. Pooled so an idle connection
+// holds none.
+var writeBufPool sync.Pool
+
+const maxPooledWriteBuf = maxHeaderSize + writeFragmentSize
+
+func getWriteBuf(n int) *[]byte {
+	if bp, ok := writeBufPool.Get().(*[]byte); ok {
+		if cap(*bp) >= n {
+			return bp
+		}
+		writeBufPool.Put(bp)
+	}
+	b := make([]byte, 0, max(n, 4096))
+	return &b
+}
+
+func putWriteBuf(bp *[]byte, used []byte) {
+	if cap(used) > maxPooledWriteBuf {
+		return
+	}
+	*bp = used[:0]
+	writeBufPool.Put(bp)
+}
