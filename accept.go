@@ -69,6 +69,10 @@ func (e *HandshakeError) Error() string {
 		b.WriteString(": ")
 		b.WriteString(e.Reason)
 	}
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
+	}
 	if len(e.Body) > 0 {
 		fmt.Fprintf(&b, ": body %q", e.Body)
 	}

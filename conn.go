@@ -328,6 +328,11 @@ func ctxErr(ctx context.Context, err error) error {
 	if cerr := ctx.Err(); cerr != nil {
 		return cerr
 	}
+	// The network deadline, set from ctx's, may fire a moment before ctx
+	// itself reports it.
+	if d, ok := ctx.Deadline(); ok && isTimeout(err) && !time.Now().Before(d) {
+		return context.DeadlineExceeded
+	}
 	return err
 }
 

@@ -205,6 +205,7 @@ func (rc *rawClient) sendRaw(b []byte) {
 }
 
 type rawFrame struct {
+	hdr     []byte // the header bytes as received
 	b0      byte
 	masked  bool
 	payload []byte
@@ -234,7 +235,7 @@ func (rc *rawClient) readFrame() (rawFrame, error) {
 	if h.masked {
 		maskBytes(h.key, 0, p)
 	}
-	return rawFrame{b0: hb[0], masked: h.masked, payload: p}, nil
+	return rawFrame{hdr: append([]byte(nil), hb[:n]...), b0: hb[0], masked: h.masked, payload: p}, nil
 }
 
 func (rc *rawClient) mustRead() rawFrame {
