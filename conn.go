@@ -116,7 +116,9 @@ type Conn struct {
 	ctrl    [maxControlPayload]byte
 	utf8    utf8Validator
 	readErr error // sticky: once set, every read returns it
-	rdl     ioDeadline
+	// idleRearm asks the next network read to restart the idle timeout.
+	idleRearm bool
+	rdl       ioDeadline
 
 	// Write side. msgSem is held for a whole data message, frameSem for
 	// each frame (both are 1-slot semaphores so waits can honour a

@@ -100,9 +100,7 @@ func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 // with each frame, unless a close handshake is under way (then its own
 // deadline holds).
 func (c *Conn) readHeader() (header, error) {
-	if !c.closeSent.Load() {
-		c.rdl.extend(c.opts.IdleTimeout)
-	}
+	c.idleRearm = !c.closeSent.Load()
 	if err := c.fill(2); err != nil {
 		return header{}, err
 	}
@@ -232,6 +230,7 @@ func (c *Conn) fill(n int) error {
 		c.rend = copy(c.rbuf, c.rbuf[c.rpos:c.rend])
 		c.rpos = 0
 	}
+	c.rearmIdle()
 	for c.rend < n {
 		m, err := c.nc.Read(c.rbuf[c.rend:])
 		c.rend += m
@@ -264,11 +263,23 @@ func (c *Conn) readFull(p []byte) error {
 		c.rpos += copy(p, c.rbuf[c.rpos:c.rend])
 		return nil
 	}
+	c.rearmIdle()
 	_, err := io.ReadFull(c.nc, p)
 	if err == io.EOF {
 		err = io.ErrUnexpectedEOF
 	}
 	return err
+}
+
+// rearmIdle restarts the idle timeout before the first network read of a
+// frame. Frames already buffered need no deadline, and later reads of the
+// same frame keep it, so a peer cannot stretch a frame by trickling bytes.
+// (Setting it lazily keeps the clock read off the path of buffered frames.)
+func (c *Conn) rearmIdle() {
+	if c.idleRearm {
+		c.idleRearm = false
+		c.rdl.extend(c.opts.IdleTimeout)
+	}
 }
 
 // readFailed turns a read error into the error Read reports, and closes the

@@ -1,0 +1,159 @@
+package realtime
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+)
+
+var benchSizes = []int{16, 1024, 64 << 10}
+
+// BenchmarkWrite measures writing one message per op. "server" frames are
+// unmasked and go out by writev on TCP; "client" frames are copied into a
+// pooled buffer and masked.
+func BenchmarkWrite(b *testing.B) {
+	for _, side := range []string{"server", "client"} {
+		for _, n := range benchSizes {
+			b.Run(fmt.Sprintf("%s/%d", side, n), func(b *testing.B) {
+				c := newConn(&memConn{r: eofReader{}, w: io.Discard}, side == "client", "", ConnOptions{}, nil)
+				msg := payloadOf(n)
+				ctx := context.Background()
+				b.SetBytes(int64(n))
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					if err := c.Write(ctx, MessageBinary, msg); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkWriteTCP writes server frames to a real loopback TCP
+// connection, through the writev path, with a goroutine discarding them.
+func BenchmarkWriteTCP(b *testing.B) {
+	for _, n := range benchSizes {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ln.Close()
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				nc, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				io.Copy(io.Discard, nc)
+				nc.Close()
+			}()
+			nc, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			c := newConn(nc, false, "", ConnOptions{}, nil)
+			msg := payloadOf(n)
+			ctx := context.Background()
+			b.SetBytes(int64(n))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := c.Write(ctx, MessageBinary, msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			nc.Close()
+			<-done
+		})
+	}
+}
+
+// BenchmarkRead measures reading one message per op into a reused buffer:
+// masked client frames on a server connection, and unmasked server frames
+// on a client connection.
+func BenchmarkRead(b *testing.B) {
+	for _, side := range []string{"server", "client"} {
+		for _, n := range benchSizes {
+			b.Run(fmt.Sprintf("%s/%d", side, n), func(b *testing.B) {
+				client := side == "client"
+				typ := byte(fBinary)
+				if n == 16 {
+					typ = fText // small text: the UTF-8 check is included
+				}
+				stream := frame(typ, !client, payloadOf(n))
+				c := newConn(&memConn{r: &loopReader{b: stream}, w: io.Discard}, client, "", ConnOptions{ReadLimit: 1 << 20}, nil)
+				buf := make([]byte, 0, n)
+				ctx := context.Background()
+				b.SetBytes(int64(n))
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					_, msg, err := c.ReadInto(ctx, buf)
+					if err != nil || len(msg) != n {
+						b.Fatal(err, len(msg))
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkMask measures masking throughput, word at a time, against the
+// byte-at-a-time loop it replaces.
+func BenchmarkMask(b *testing.B) {
+	for _, n := range benchSizes {
+		p := payloadOf(n)
+		b.Run(fmt.Sprint("word/", n), func(b *testing.B) {
+			b.SetBytes(int64(n))
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				maskBytes(0x12345678, i&3, p)
+			}
+		})
+		b.Run(fmt.Sprint("bytewise/", n), func(b *testing.B) {
+			key := [4]byte{0x12, 0x34, 0x56, 0x78}
+			b.SetBytes(int64(n))
+			for i := 0; i < b.N; i++ {
+				for j := range p {
+					p[j] ^= key[j&3]
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkUTF8 measures the incremental validator on ASCII and on
+// multi-byte text.
+func BenchmarkUTF8(b *testing.B) {
+	for _, s := range []struct{ name, text string }{{"ascii", string(payloadOf(1024))}, {"greek", string(make([]byte, 0)) + repeat("κόσμε", 100)}} {
+		b.Run(s.name, func(b *testing.B) {
+			p := []byte(s.text)
+			b.SetBytes(int64(len(p)))
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if !validUTF8(p) {
+					b.Fatal("invalid")
+				}
+			}
+		})
+	}
+}
+
+func repeat(s string, n int) string {
+	out := ""
+	for i := 0; i < n; i++ {
+		out += s
+	}
+	return out
+}
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }

@@ -1,0 +1,89 @@
+package realtime
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"testing"
+)
+
+// fuzzReadLimit is small so that the 1009 path is reached often.
+const fuzzReadLimit = 4096
+
+// FuzzReadFrames feeds arbitrary bytes to the frame reader of a server
+// connection (mode byte even) or a client connection (mode byte odd) and
+// reads messages until it fails. It must not panic, must not hang (the input
+// ends with EOF), must never return a message over the read limit nor hold a
+// buffer much larger than it, and must fail with a CloseError or a clean
+// end of stream.
+func FuzzReadFrames(f *testing.F) {
+	for _, seed := range frameSeeds() {
+		f.Add(byte(0), frameSeedsMasked(seed, true))
+		f.Add(byte(1), frameSeedsMasked(seed, false))
+	}
+	f.Fuzz(func(t *testing.T, mode byte, data []byte) {
+		client := mode&1 == 1
+		nc := &memConn{r: bytes.NewReader(data), w: io.Discard}
+		c := newConn(nc, client, "", ConnOptions{ReadLimit: fuzzReadLimit}, nil)
+		var buf []byte
+		for i := 0; ; i++ {
+			typ, msg, err := c.ReadInto(context.Background(), buf)
+			if cap(msg) > 2*fuzzReadLimit+1024 {
+				t.Fatalf("read buffer grew to %d bytes with a limit of %d", cap(msg), fuzzReadLimit)
+			}
+			if err != nil {
+				var ce *CloseError
+				if !errors.As(err, &ce) && !errors.Is(err, ErrClosed) {
+					t.Fatalf("error is neither a CloseError nor ErrClosed: %v", err)
+				}
+				if _, _, err2 := c.Read(context.Background()); err2 == nil {
+					t.Fatalf("read after failure succeeded")
+				}
+				return
+			}
+			if len(msg) > fuzzReadLimit {
+				t.Fatalf("message of %d bytes with a limit of %d", len(msg), fuzzReadLimit)
+			}
+			if typ == MessageText && !validUTF8(msg) {
+				t.Fatalf("invalid UTF-8 text message accepted: %q", msg)
+			}
+			if i > len(data) {
+				t.Fatalf("more messages than input bytes")
+			}
+			buf = msg
+		}
+	})
+}
+
+// frameSeeds is one sequence of frames per frame kind, as (first byte,
+// payload) pairs.
+func frameSeeds() [][][2][]byte {
+	f := func(b0 byte, p string) [2][]byte { return [2][]byte{{b0}, []byte(p)} }
+	return [][][2][]byte{
+		{f(fText, "hello")},
+		{f(fBinary, string(payloadOf(200)))},
+		{f(fText, string(payloadOf(70000)))},
+		{f(byte(opText), "frag"), f(fPing, "p"), f(fCont, "ment")},
+		{f(fPing, "ping")},
+		{f(fPong, "pong")},
+		{f(fClose, "\x03\xe8bye")},
+		{f(fClose, "")},
+		{f(fClose, "\x03")},
+		{f(fText, "\xce\xba\xf4\x90")},
+		{f(fText|rsv1Bit, "x")},
+		{f(finBit|0x3, "")},
+		{f(fCont, "x")},
+		{f(byte(opPing), "x")},
+		{f(fText, "κόσμε"), f(fBinary, "\x00\xff")},
+	}
+}
+
+// frameSeedsMasked encodes a seed's frames, masked or not.
+func frameSeedsMasked(frames [][2][]byte, masked bool) []byte {
+	var out []byte
+	for _, fr := range frames {
+		out = append(out, frame(fr[0][0], masked, fr[1])...)
+	}
+	return out
+}
