@@ -1,0 +1,32 @@
+//go:build !race
+
+package realtime
+
+import (
+	"context"
+	"io"
+	"testing"
+)
+
+// TestSteadyStateAllocs checks, on the allocation counter rather than the
+// clock, that a warm connection reads into a reused buffer and writes
+// without allocating. (The race detector allocates on its own, so this file
+// is built without it; test.sh runs it separately.)
+func TestSteadyStateAllocs(t *testing.T) {
+	ctx := context.Background()
+	for _, client := range []bool{false, true} {
+		for _, n := range []int{16, 1024, 64 << 10} {
+			stream := frame(fText, !client, payloadOf(n))
+			c := newConn(&memConn{r: &loopReader{b: stream}, w: io.Discard}, client, "", ConnOptions{}, nil)
+			buf := make([]byte, 0, n)
+			msg := payloadOf(n)
+			c.Write(ctx, MessageText, msg) // warm the pools
+			if a := testing.AllocsPerRun(100, func() { c.ReadInto(ctx, buf) }); a != 0 {
+				t.Errorf("client=%v: reading %d bytes: %v allocs", client, n, a)
+			}
+			if a := testing.AllocsPerRun(100, func() { c.Write(ctx, MessageText, msg) }); a != 0 {
+				t.Errorf("client=%v: writing %d bytes: %v allocs", client, n, a)
+			}
+		}
+	}
+}
