@@ -283,7 +283,9 @@ func (c *Conn) writeFailed(ctx context.Context, err error) error {
 // holds none.
 var writeBufPool sync.Pool
 
-const maxPooledWriteBuf = maxHeaderSize + writeFragmentSize
+// maxPooledWriteBuf is the largest buffer kept: a full fragment and its
+// header, with room for the allocator's rounding up to whole pages.
+const maxPooledWriteBuf = 2 * writeFragmentSize
 
 func getWriteBuf(n int) *[]byte {
 	if bp, ok := writeBufPool.Get().(*[]byte); ok {
