@@ -279,29 +279,38 @@ func (c *Conn) writeFailed(ctx context.Context, err error) error {
 }
 
 // Write buffers for client frames (which must be copied to be masked) and
-// for connections that cannot gather buffers. Pooled so an idle connection
-// holds none.
-var writeBufPool sync.Pool
+// for connections that cannot gather buffers, pooled by size class so an
+// idle connection holds none and a warm one allocates none.
+var writeBufClasses = [...]int{4 << 10, 16 << 10, maxHeaderSize + writeFragmentSize}
 
-// maxPooledWriteBuf is the largest buffer kept: a full fragment and its
-// header, with room for the allocator's rounding up to whole pages.
-const maxPooledWriteBuf = 2 * writeFragmentSize
+var writeBufPools [len(writeBufClasses)]sync.Pool
 
+// getWriteBuf returns a buffer with capacity for n bytes (n is at most a
+// full fragment and its header).
 func getWriteBuf(n int) *[]byte {
-	if bp, ok := writeBufPool.Get().(*[]byte); ok {
-		if cap(*bp) >= n {
-			return bp
+	for i, size := range writeBufClasses {
+		if n <= size {
+			if bp, ok := writeBufPools[i].Get().(*[]byte); ok {
+				return bp
+			}
+			b := make([]byte, 0, size)
+			return &b
 		}
-		writeBufPool.Put(bp)
 	}
-	b := make([]byte, 0, max(n, 4096))
+	b := make([]byte, 0, n)
 	return &b
 }
 
+// putWriteBuf returns a buffer to its class's pool.
 func putWriteBuf(bp *[]byte, used []byte) {
-	if cap(used) > maxPooledWriteBuf {
-		return
+	for i, size := range writeBufClasses {
+		if cap(used) >= size && (i+1 == len(writeBufClasses) || cap(used) < writeBufClasses[i+1]) {
+			if cap(used) > size+size/4 {
+				return // not one of ours
+			}
+			*bp = used[:0]
+			writeBufPools[i].Put(bp)
+			return
+		}
 	}
-	*bp = used[:0]
-	writeBufPool.Put(bp)
 }
