@@ -145,6 +145,7 @@ type Conn struct {
 	recvOnce  sync.Once
 	closeErr  *CloseError // how the connection ended, once it has
 	closed    chan struct{}
+	tcpClosed atomic.Bool
 	closeOnce sync.Once
 
 	// Pings sent by Ping, waiting for their pong.
@@ -217,6 +218,7 @@ func (c *Conn) closeTCP(why *CloseError) bool {
 			c.closeErr = why
 		}
 		c.closeMu.Unlock()
+		c.tcpClosed.Store(true) // before Close wakes blocked I/O
 		c.nc.Close()
 		close(c.closed)
 	})
@@ -252,14 +254,7 @@ func (e *closedError) Error() string   { return e.ce.Error() }
 func (e *closedError) Unwrap() []error { return []error{e.ce, ErrClosed} }
 
 // isClosed reports whether the network connection was closed.
-func (c *Conn) isClosed() bool {
-	select {
-	case <-c.closed:
-		return true
-	default:
-		return false
-	}
-}
+func (c *Conn) isClosed() bool { return c.tcpClosed.Load() }
 
 // ioDeadline arranges read or write deadlines so that a context's
 // cancellation cannot be overwritten by a later timeout refresh.

@@ -471,3 +471,31 @@ func TestPing(t *testing.T) {
 		t.Fatalf("Read: %v", err)
 	}
 }
+
+// TestCloseWhileReading: Close called while another goroutine reads, with a
+// peer that never answers the close frame. Close returns after the close
+// timeout and the reader gets our CloseError, not an idle timeout.
+func TestCloseWhileReading(t *testing.T) {
+	url := rawServer(t, ok101(""), func(nc net.Conn, br *bufio.Reader) {
+		readClientFrame(t, br) // the close frame, never answered
+		time.Sleep(time.Second)
+	})
+	c, _, err := Dial(context.Background(), url, &DialOptions{ConnOptions: ConnOptions{CloseTimeout: 200 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	readErr := make(chan error, 1)
+	go func() {
+		_, _, err := c.Read(context.Background())
+		readErr <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // let the reader block
+	if err := c.Close(CloseGoingAway, "bye"); err == nil || !strings.Contains(err.Error(), "no close frame") {
+		t.Fatalf("Close: %v", err)
+	}
+	err = <-readErr
+	var ce *CloseError
+	if !errors.As(err, &ce) || ce.Code != CloseGoingAway || ce.Remote {
+		t.Fatalf("Read: %v", err)
+	}
+}

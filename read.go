@@ -292,6 +292,11 @@ func (c *Conn) readFailed(ctx context.Context, err error) error {
 	if c.isClosed() {
 		return c.endErr()
 	}
+	if c.closeSent.Load() && isTimeout(err) {
+		// Close is waiting for the peer's answer and its deadline passed.
+		c.closeTCP(&CloseError{Code: CloseAbnormalClosure, Reason: "no answer to the close frame"})
+		return c.endErr()
+	}
 	if cerr := ctx.Err(); cerr != nil {
 		c.fail(&CloseError{Code: CloseGoingAway, Reason: "read canceled"})
 		return fmt.Errorf("websocket: read: %w", cerr)
