@@ -2,6 +2,7 @@ package realtime
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -157,3 +158,52 @@ func repeat(s string, n int) string {
 type eofReader struct{}
 
 func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+// BenchmarkDecodeClient measures decoding each client message type.
+func BenchmarkDecodeClient(b *testing.B) {
+	for _, name := range []string{"subscribe since", "unsubscribe", "propose", "ping"} {
+		in := []byte(validClient[name])
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(int64(len(in)))
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if _, err := DecodeClientMessage(in); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkEncodeTransaction measures encoding a live transaction frame
+// into a reused buffer.
+func BenchmarkEncodeTransaction(b *testing.B) {
+	m := &TransactionMessage{ShareDataID: "doc-1", TransactionID: "01J9Z3K4X5", PreviousTransactionID: "01J9Z3K4X4",
+		FunctionID: "increment", ProposedData: []byte(`{"by":1}`), CurrentState: []byte(`{"count":42,"title":"shared"}`)}
+	buf := m.AppendJSON(nil)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		buf = m.AppendJSON(buf[:0])
+	}
+}
+
+// BenchmarkDecodeProposeEncodingJSON is a yardstick: encoding/json
+// unmarshalling the same propose message into a struct, with no validation.
+func BenchmarkDecodeProposeEncodingJSON(b *testing.B) {
+	in := []byte(validClient["propose"])
+	var m struct {
+		V             int             `json:"v"`
+		Type          string          `json:"type"`
+		ShareDataID   string          `json:"shareDataId"`
+		FunctionID    string          `json:"functionId"`
+		ProposedData  json.RawMessage `json:"proposedData"`
+		CorrelationID string          `json:"correlationId"`
+	}
+	b.SetBytes(int64(len(in)))
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if err := json.Unmarshal(in, &m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

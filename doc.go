@@ -51,4 +51,14 @@
 //
 // Close codes, including the application codes 4001-4004 of the realtime
 // protocol, are the StatusCode constants.
+//
+// # Wire protocol
+//
+// Every application message is one JSON object in one text message, with
+// the envelope {"v":1,"type":...}. Clients send subscribe, unsubscribe,
+// propose and ping; servers send state, transaction, lifecycle,
+// proposal-result, pong and error. Each has a Go type (SubscribeMessage,
+// StateMessage, ...) whose doc shows its JSON. DecodeClientMessage and
+// DecodeServerMessage validate by hand and return a *DecodeError naming the
+// field at fault; AppendJSON encodes compactly and deterministically.
 package realtime

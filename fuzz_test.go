@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"reflect"
 	"testing"
+	"unicode/utf8"
 )
 
 // fuzzReadLimit is small so that the 1009 path is reached often.
@@ -86,4 +88,71 @@ func frameSeedsMasked(frames [][2][]byte, masked bool) []byte {
 		out = append(out, frame(fr[0][0], masked, fr[1])...)
 	}
 	return out
+}
+
+// FuzzDecodeClientMessage: no input panics; whatever is accepted
+// re-encodes to bytes that decode to the same value and re-encode to the
+// same bytes; whatever is refused gets a short DecodeError.
+func FuzzDecodeClientMessage(f *testing.F) {
+	for _, s := range validClient {
+		f.Add([]byte(s))
+	}
+	for _, s := range []string{`{"v":1,"type":"propose","shareDataId":"d","functionId":"f","proposedData":{ "a" : [1, -2.5e3, "\u00e9\ud83d\ude00"] },"correlationId":"c"}`,
+		`{"v":1,"type":"subscribe","shareDataId":"d","since":null,"x":[{}]}`, `{"v":2}`, `[`, `{"v":1,"type":"ping","correlationId":"\ud800"}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := DecodeClientMessage(data)
+		if err != nil {
+			checkFuzzDecodeErr(t, err)
+			return
+		}
+		enc := m.AppendJSON(nil)
+		m2, err := DecodeClientMessage(enc)
+		if err != nil {
+			t.Fatalf("re-encoded %s does not decode: %v", enc, err)
+		}
+		if !reflect.DeepEqual(m, m2) {
+			t.Fatalf("round trip changed %#v into %#v", m, m2)
+		}
+		if enc2 := m2.AppendJSON(nil); !bytes.Equal(enc, enc2) {
+			t.Fatalf("encoding not stable: %s then %s", enc, enc2)
+		}
+	})
+}
+
+// FuzzDecodeServerMessage is FuzzDecodeClientMessage for server messages.
+func FuzzDecodeServerMessage(f *testing.F) {
+	for _, s := range validServer {
+		f.Add([]byte(s))
+	}
+	f.Add([]byte(`{"v":1,"type":"transaction","shareDataId":"d","transactionId":"t","functionId":"f","proposedData":1,"replayed":true,"currentState":{}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := DecodeServerMessage(data)
+		if err != nil {
+			checkFuzzDecodeErr(t, err)
+			return
+		}
+		enc := m.AppendJSON(nil)
+		m2, err := DecodeServerMessage(enc)
+		if err != nil {
+			t.Fatalf("re-encoded %s does not decode: %v", enc, err)
+		}
+		if !reflect.DeepEqual(m, m2) {
+			t.Fatalf("round trip changed %#v into %#v", m, m2)
+		}
+		if enc2 := m2.AppendJSON(nil); !bytes.Equal(enc, enc2) {
+			t.Fatalf("encoding not stable: %s then %s", enc, enc2)
+		}
+	})
+}
+
+func checkFuzzDecodeErr(t *testing.T, err error) {
+	var de *DecodeError
+	if !errors.As(err, &de) || !errors.Is(err, ErrInvalidMessage) {
+		t.Fatalf("error %v is not a DecodeError", err)
+	}
+	if s := err.Error(); len(s) > maxCloseReason || !utf8.ValidString(s) {
+		t.Fatalf("error %q is longer than a close reason or not UTF-8", s)
+	}
 }

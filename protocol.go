@@ -1,0 +1,418 @@
+package realtime
+
+import (
+	"encoding/json"
+	"strconv"
+	"unicode/utf8"
+)
+
+// This file defines the realtime wire protocol: the messages of both
+// directions as Go types, and their encoding. decode.go parses them.
+//
+// Every message is one JSON object in one WebSocket text message, with the
+// envelope {"v":1,"type":"...", ...}. Field names are those of
+// @degenerate/realtime. Encoding is compact and deterministic: the same
+// value always gives the same bytes, fields in the order documented on each
+// type, optional fields left out when empty. A server frame can therefore be
+// encoded once and the same bytes sent to every subscriber.
+
+// ProtocolVersion is the value of the "v" field of every message.
+const ProtocolVersion = 1
+
+// MaxIDLength is the longest id, in bytes, that a message may carry: share
+// data ids, function ids, transaction ids, cursors, correlation ids and
+// error codes. Longer ids are refused by the decoder.
+const MaxIDLength = 256
+
+// MaxNesting is how deeply JSON may nest in a message, counting the
+// envelope object as the first level, so proposedData and currentState may
+// nest 63 levels. Deeper messages are refused by the decoder, which keeps
+// its work and stack bounded.
+const MaxNesting = 64
+
+// Message type names, the values of the "type" field.
+const (
+	TypeSubscribe      = "subscribe"
+	TypeUnsubscribe    = "unsubscribe"
+	TypePropose        = "propose"
+	TypePing           = "ping"
+	TypeState          = "state"
+	TypeTransaction    = "transaction"
+	TypeLifecycle      = "lifecycle"
+	TypeProposalResult = "proposal-result"
+	TypePong           = "pong"
+	TypeError          = "error"
+)
+
+// LifecycleEvent is the event of a lifecycle message.
+type LifecycleEvent string
+
+const (
+	// LifecycleUpdated: the share data's state was replaced wholesale,
+	// outside the transaction flow. The message carries the new state.
+	LifecycleUpdated LifecycleEvent = "updated"
+	// LifecycleRemoved: the share data was removed. It is terminal: the
+	// subscription ends and no frame for that id follows.
+	LifecycleRemoved LifecycleEvent = "removed"
+)
+
+// ClientMessage is a message from a client to the server: one of
+// *SubscribeMessage, *UnsubscribeMessage, *ProposeMessage and
+// *PingMessage.
+type ClientMessage interface {
+	// MessageType returns the value of the "type" field.
+	MessageType() string
+	// AppendJSON appends the message's compact JSON encoding to dst.
+	AppendJSON(dst []byte) []byte
+	clientMessage()
+}
+
+// ServerMessage is a message from the server to a client: one of
+// *StateMessage, *TransactionMessage, *LifecycleMessage,
+// *ProposalResultMessage, *PongMessage and *ErrorMessage.
+type ServerMessage interface {
+	// MessageType returns the value of the "type" field.
+	MessageType() string
+	// AppendJSON appends the message's compact JSON encoding to dst.
+	AppendJSON(dst []byte) []byte
+	serverMessage()
+}
+
+// SubscribeMessage asks for the frames of one share data item:
+//
+//	{"v":1,"type":"subscribe","shareDataId":"doc-1","since":"tx-41"}
+//
+// since is optional. When HasSince is set, the server replays the retained
+// transactions after Since; an empty Since then means "from the first
+// transaction".
+type SubscribeMessage struct {
+	ShareDataID string
+	Since       string
+	HasSince    bool
+}
+
+// UnsubscribeMessage stops the frames of one share data item:
+//
+//	{"v":1,"type":"unsubscribe","shareDataId":"doc-1"}
+type UnsubscribeMessage struct {
+	ShareDataID string
+}
+
+// ProposeMessage proposes a change through a function the server
+// registered:
+//
+//	{"v":1,"type":"propose","shareDataId":"doc-1","functionId":"set","proposedData":{"a":1},"correlationId":"c-7"}
+//
+// ProposedData is any JSON value, kept as compact raw bytes. The server
+// answers with a ProposalResultMessage carrying the same CorrelationID.
+type ProposeMessage struct {
+	ShareDataID   string
+	FunctionID    string
+	ProposedData  json.RawMessage
+	CorrelationID string
+}
+
+// PingMessage is an application-level round-trip check, answered by a
+// PongMessage with the same CorrelationID:
+//
+//	{"v":1,"type":"ping","correlationId":"c-8"}
+type PingMessage struct {
+	CorrelationID string
+}
+
+// StateMessage is the snapshot sent once per subscribe:
+//
+//	{"v":1,"type":"state","shareDataId":"doc-1","currentState":{...},"lastTransactionId":"tx-41"}
+//
+// LastTransactionID is the id of the last transaction applied to the
+// state, "" when none was; it is the subscription's cursor.
+type StateMessage struct {
+	ShareDataID       string
+	CurrentState      json.RawMessage
+	LastTransactionID string
+}
+
+// TransactionMessage reports one applied transaction:
+//
+//	{"v":1,"type":"transaction","shareDataId":"doc-1","transactionId":"tx-42","previousTransactionId":"tx-41","functionId":"set","proposedData":{...},"currentState":{...}}
+//
+// Live frames carry CurrentState, the state after the transaction.
+// Replayed frames (sent after a subscribe with since) carry
+// "replayed":true and no currentState. PreviousTransactionID is the id of
+// the transaction before this one on the same share data ("" for the
+// first): a client whose cursor differs has missed a frame. It is this
+// package's addition; clients of @degenerate/realtime ignore it.
+type TransactionMessage struct {
+	ShareDataID           string
+	TransactionID         string
+	PreviousTransactionID string
+	FunctionID            string
+	ProposedData          json.RawMessage
+	CurrentState          json.RawMessage // live frames only
+	Replayed              bool
+}
+
+// LifecycleMessage reports a change outside the transaction flow:
+//
+//	{"v":1,"type":"lifecycle","shareDataId":"doc-1","event":"updated","currentState":{...}}
+//	{"v":1,"type":"lifecycle","shareDataId":"doc-1","event":"removed"}
+//
+// CurrentState is carried with LifecycleUpdated only.
+type LifecycleMessage struct {
+	ShareDataID  string
+	Event        LifecycleEvent
+	CurrentState json.RawMessage
+}
+
+// ProposalResultMessage answers a ProposeMessage:
+//
+//	{"v":1,"type":"proposal-result","correlationId":"c-7","accepted":true,"transactionId":"tx-42"}
+//	{"v":1,"type":"proposal-result","correlationId":"c-7","accepted":false,"error":"unknown function"}
+//
+// TransactionID is carried when Accepted, Error when not.
+type ProposalResultMessage struct {
+	CorrelationID string
+	Accepted      bool
+	TransactionID string
+	Error         string
+}
+
+// PongMessage answers a PingMessage:
+//
+//	{"v":1,"type":"pong","correlationId":"c-8"}
+type PongMessage struct {
+	CorrelationID string
+}
+
+// ErrorMessage reports a non-fatal protocol or authorization error:
+//
+//	{"v":1,"type":"error","code":"replay-cursor-not-found","message":"...","shareDataId":"doc-1"}
+//
+// ShareDataID and CorrelationID are carried when the error concerns one
+// share data item or one request.
+type ErrorMessage struct {
+	Code          string
+	Message       string
+	ShareDataID   string
+	CorrelationID string
+}
+
+func (*SubscribeMessage) MessageType() string      { return TypeSubscribe }
+func (*UnsubscribeMessage) MessageType() string    { return TypeUnsubscribe }
+func (*ProposeMessage) MessageType() string        { return TypePropose }
+func (*PingMessage) MessageType() string           { return TypePing }
+func (*StateMessage) MessageType() string          { return TypeState }
+func (*TransactionMessage) MessageType() string    { return TypeTransaction }
+func (*LifecycleMessage) MessageType() string      { return TypeLifecycle }
+func (*ProposalResultMessage) MessageType() string { return TypeProposalResult }
+func (*PongMessage) MessageType() string           { return TypePong }
+func (*ErrorMessage) MessageType() string          { return TypeError }
+
+func (*SubscribeMessage) clientMessage()      {}
+func (*UnsubscribeMessage) clientMessage()    {}
+func (*ProposeMessage) clientMessage()        {}
+func (*PingMessage) clientMessage()           {}
+func (*StateMessage) serverMessage()          {}
+func (*TransactionMessage) serverMessage()    {}
+func (*LifecycleMessage) serverMessage()      {}
+func (*ProposalResultMessage) serverMessage() {}
+func (*PongMessage) serverMessage()           {}
+func (*ErrorMessage) serverMessage()          {}
+
+// AppendJSON appends {"v":1,"type":"subscribe","shareDataId",["since"]}.
+func (m *SubscribeMessage) AppendJSON(dst []byte) []byte {
+	dst = appendEnvelope(dst, TypeSubscribe)
+	dst = appendStringField(dst, "shareDataId", m.ShareDataID)
+	if m.HasSince {
+		dst = appendStringField(dst, "since", m.Since)
+	}
+	return append(dst, '}')
+}
+
+// AppendJSON appends {"v":1,"type":"unsubscribe","shareDataId"}.
+func (m *UnsubscribeMessage) AppendJSON(dst []byte) []byte {
+	dst = appendEnvelope(dst, TypeUnsubscribe)
+	dst = appendStringField(dst, "shareDataId", m.ShareDataID)
+	return append(dst, '}')
+}
+
+// AppendJSON appends {"v":1,"type":"propose","shareDataId","functionId",
+// "proposedData","correlationId"}.
+func (m *ProposeMessage) AppendJSON(dst []byte) []byte {
+	dst = appendEnvelope(dst, TypePropose)
+	dst = appendStringField(dst, "shareDataId", m.ShareDataID)
+	dst = appendStringField(dst, "functionId", m.FunctionID)
+	dst = appendRawField(dst, "proposedData", m.ProposedData)
+	dst = appendStringField(dst, "correlationId", m.CorrelationID)
+	return append(dst, '}')
+}
+
+// AppendJSON appends {"v":1,"type":"ping","correlationId"}.
+func (m *PingMessage) AppendJSON(dst []byte) []byte {
+	dst = appendEnvelope(dst, TypePing)
+	dst = appendStringField(dst, "correlationId", m.CorrelationID)
+	return append(dst, '}')
+}
+
+// AppendJSON appends {"v":1,"type":"state","shareDataId","currentState",
+// "lastTransactionId"}.
+func (m *StateMessage) AppendJSON(dst []byte) []byte {
+	dst = appendEnvelope(dst, TypeState)
+	dst = appendStringField(dst, "shareDataId", m.ShareDataID)
+	dst = appendRawField(dst, "currentState", m.CurrentState)
+	dst = appendStringField(dst, "lastTransactionId", m.LastTransactionID)
+	return append(dst, '}')
+}
+
+// AppendJSON appends {"v":1,"type":"transaction","shareDataId",
+// "transactionId","previousTransactionId","functionId","proposedData",
+// then "currentState" (live) or "replayed":true (replayed)}.
+func (m *TransactionMessage) AppendJSON(dst []byte) []byte {
+	dst = appendEnvelope(dst, TypeTransaction)
+	dst = appendStringField(dst, "shareDataId", m.ShareDataID)
+	dst = appendStringField(dst, "transactionId", m.TransactionID)
+	dst = appendStringField(dst, "previousTransactionId", m.PreviousTransactionID)
+	dst = appendStringField(dst, "functionId", m.FunctionID)
+	dst = appendRawField(dst, "proposedData", m.ProposedData)
+	if m.Replayed {
+		dst = append(dst, `,"replayed":true`...)
+	} else {
+		dst = appendRawField(dst, "currentState", m.CurrentState)
+	}
+	return append(dst, '}')
+}
+
+// AppendJSON appends {"v":1,"type":"lifecycle","shareDataId","event",
+// ["currentState" with updated]}.
+func (m *LifecycleMessage) AppendJSON(dst []byte) []byte {
+	dst = appendEnvelope(dst, TypeLifecycle)
+	dst = appendStringField(dst, "shareDataId", m.ShareDataID)
+	dst = appendStringField(dst, "event", string(m.Event))
+	if m.Event == LifecycleUpdated {
+		dst = appendRawField(dst, "currentState", m.CurrentState)
+	}
+	return append(dst, '}')
+}
+
+// AppendJSON appends {"v":1,"type":"proposal-result","correlationId",
+// "accepted", then "transactionId" (accepted) or "error" (not)}.
+func (m *ProposalResultMessage) AppendJSON(dst []byte) []byte {
+	dst = appendEnvelope(dst, TypeProposalResult)
+	dst = appendStringField(dst, "correlationId", m.CorrelationID)
+	if m.Accepted {
+		dst = append(dst, `,"accepted":true`...)
+		dst = appendStringField(dst, "transactionId", m.TransactionID)
+	} else {
+		dst = append(dst, `,"accepted":false`...)
+		dst = appendStringField(dst, "error", m.Error)
+	}
+	return append(dst, '}')
+}
+
+// AppendJSON appends {"v":1,"type":"pong","correlationId"}.
+func (m *PongMessage) AppendJSON(dst []byte) []byte {
+	dst = appendEnvelope(dst, TypePong)
+	dst = appendStringField(dst, "correlationId", m.CorrelationID)
+	return append(dst, '}')
+}
+
+// AppendJSON appends {"v":1,"type":"error","code","message",
+// ["shareDataId"],["correlationId"]}.
+func (m *ErrorMessage) AppendJSON(dst []byte) []byte {
+	dst = appendEnvelope(dst, TypeError)
+	dst = appendStringField(dst, "code", m.Code)
+	dst = appendStringField(dst, "message", m.Message)
+	if m.ShareDataID != "" {
+		dst = appendStringField(dst, "shareDataId", m.ShareDataID)
+	}
+	if m.CorrelationID != "" {
+		dst = appendStringField(dst, "correlationId", m.CorrelationID)
+	}
+	return append(dst, '}')
+}
+
+func appendEnvelope(dst []byte, typ string) []byte {
+	dst = append(dst, `{"v":1,"type":"`...)
+	dst = append(dst, typ...)
+	return append(dst, '"')
+}
+
+// appendStringField appends ,"name":"value".
+func appendStringField(dst []byte, name, value string) []byte {
+	dst = append(dst, ',', '"')
+	dst = append(dst, name...)
+	dst = append(dst, '"', ':')
+	return appendJSONString(dst, value)
+}
+
+// appendRawField appends ,"name":raw, with null for an empty raw value.
+// raw must be valid JSON, as values decoded by this package and produced
+// by encoding/json are.
+func appendRawField(dst []byte, name string, raw json.RawMessage) []byte {
+	dst = append(dst, ',', '"')
+	dst = append(dst, name...)
+	dst = append(dst, '"', ':')
+	if len(raw) == 0 {
+		return append(dst, "null"...)
+	}
+	return append(dst, raw...)
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString appends s as a JSON string: quotes, backslashes and
+// control characters are escaped, everything else is copied as UTF-8, and
+// invalid UTF-8 becomes U+FFFD so the output is always valid JSON.
+func appendJSONString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			i++
+			continue
+		}
+		if c >= utf8.RuneSelf {
+			r, size := utf8.DecodeRuneInString(s[i:])
+			if r == utf8.RuneError && size == 1 {
+				dst = append(dst, s[start:i]...)
+				dst = append(dst, `\ufffd`...)
+				i += size
+				start = i
+				continue
+			}
+			i += size
+			continue
+		}
+		dst = append(dst, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			dst = append(dst, '\\', c)
+		case '\n':
+			dst = append(dst, '\\', 'n')
+		case '\r':
+			dst = append(dst, '\\', 'r')
+		case '\t':
+			dst = append(dst, '\\', 't')
+		default:
+			dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+		}
+		i++
+		start = i
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
+
+// quoteForError quotes s for an error text, cut to 32 bytes so errors stay
+// short enough to be a close reason.
+func quoteForError(s string) string {
+	if len(s) > 32 {
+		cut := 32
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		return strconv.Quote(s[:cut]) + "..."
+	}
+	return strconv.Quote(s)
+}
