@@ -132,9 +132,12 @@ type Conn struct {
 	rng      *rand.ChaCha8 // masking keys, client side only, made on first use
 	wdl      ioDeadline
 
-	// A pong owed to the peer, written by whoever next holds frameSem.
+	// A pong owed to the peer and a ping to send, written by whoever next
+	// holds frameSem.
 	pongMu      sync.Mutex
 	pongPending atomic.Bool
+	pingPending atomic.Bool
+	pongs       atomic.Uint64 // pongs received
 	pongLen     int
 	pongBuf     [maxControlPayload]byte
 

@@ -208,6 +208,7 @@ func (c *Conn) readControl(h *header) error {
 
 // handlePong completes the Ping call whose payload the pong echoes.
 func (c *Conn) handlePong(p []byte) {
+	c.pongs.Add(1)
 	if len(p) != 8 {
 		return
 	}

@@ -220,8 +220,13 @@ func (c *Conn) releaseFrame() {
 		if c.pongPending.Load() {
 			c.writePendingPong()
 		}
+		if c.pingPending.Swap(false) && !c.closeSent.Load() {
+			if err := c.writeFrameLocked(true, opPing, nil); err != nil {
+				c.closeTCP(&CloseError{Code: CloseAbnormalClosure, Reason: "writing a ping: " + err.Error()})
+			}
+		}
 		<-c.frameSem
-		if !c.pongPending.Load() {
+		if !c.pongPending.Load() && !c.pingPending.Load() {
 			return
 		}
 		// A pong was queued after the check above; send it unless another

@@ -1,0 +1,400 @@
+package realtime
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+)
+
+// This file defines what the server needs from the store of share data
+// (the Manager interface, its events and functions) and MemoryManager, an
+// in-memory implementation for examples, demos and tests.
+
+// Errors of managers and function resolution.
+var (
+	// ErrUnknownShareData: no share data item has that id.
+	ErrUnknownShareData = errors.New("unknown share data")
+	// ErrShareDataExists: Create was given an id already in use.
+	ErrShareDataExists = errors.New("share data already exists")
+	// ErrUnknownFunction: the share data has no function with that id
+	// reachable over the wire.
+	ErrUnknownFunction = errors.New("unknown function")
+)
+
+// Function computes a share data item's next state from its current state
+// and a proposal. Functions are registered per share data with an ID, the
+// wire's functionId; a function with an empty ID is never reachable over
+// the wire (keep those for internal use).
+type Function struct {
+	ID string
+	// Apply returns the next state, which must be valid JSON, or an error
+	// that refuses the proposal; its message is sent to the proposer.
+	// It must not call back into the manager for the same share data.
+	Apply func(ctx context.Context, current, proposed json.RawMessage) (json.RawMessage, error)
+}
+
+// Transaction is one applied change to a share data item.
+type Transaction struct {
+	ShareDataID string
+	// ID is opaque and unique, also across restarts of the process.
+	ID string
+	// PreviousID is the id of the transaction before this one on the same
+	// share data, "" for the first.
+	PreviousID   string
+	FunctionID   string
+	ProposedData json.RawMessage
+	// State is the share data's state after the transaction.
+	State json.RawMessage
+}
+
+// Snapshot is a share data item's state at one moment.
+type Snapshot struct {
+	State json.RawMessage
+	// LastTransactionID is the id of the last transaction applied, ""
+	// when none was.
+	LastTransactionID string
+	// Version counts the item's events (transactions and lifecycle
+	// updates): the snapshot reflects exactly the events numbered up to
+	// Version.
+	Version uint64
+}
+
+// EventKind says what an Event reports.
+type EventKind int
+
+const (
+	// EventTransaction: a transaction was applied.
+	EventTransaction EventKind = iota + 1
+	// EventUpdated: the state was replaced outside the transaction flow.
+	EventUpdated
+	// EventRemoved: the share data was removed; no event follows for it.
+	EventRemoved
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case EventTransaction:
+		return "transaction"
+	case EventUpdated:
+		return "updated"
+	case EventRemoved:
+		return "removed"
+	}
+	return "EventKind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// Event reports a change to one share data item.
+type Event struct {
+	Kind        EventKind
+	ShareDataID string
+	// Version is the item's event number: 1 for its first event, and one
+	// more for each following event of the same item.
+	Version uint64
+	// Transaction is set for EventTransaction.
+	Transaction *Transaction
+	// State is the new state for EventUpdated.
+	State json.RawMessage
+}
+
+// Manager is the store of share data that a Server serves. Any store can
+// implement it: MemoryManager is the in-memory one; in production, a
+// database behind the same three methods.
+//
+// The contract the server's guarantees rest on: for each share data item,
+// listeners are called with its events in order, with Version increasing by
+// one each time, one event at a time; and an event is delivered to every
+// listener before a Snapshot that reflects it returns.
+type Manager interface {
+	// Snapshot returns the item's current state. It returns an error
+	// matching ErrUnknownShareData when there is no such item.
+	Snapshot(ctx context.Context, shareDataID string) (Snapshot, error)
+	// Apply runs fn on the item's current state and proposed, records
+	// the result as a transaction, tells the listeners, and returns it.
+	Apply(ctx context.Context, shareDataID string, fn Function, proposed json.RawMessage) (*Transaction, error)
+	// Listen registers l for every event of every item until cancel is
+	// called. l must not block for long: it runs on the path of Apply.
+	Listen(l func(Event)) (cancel func())
+}
+
+// FunctionResolver maps a propose message's share data id and function id
+// to the function to run. It returns an error matching ErrUnknownFunction
+// for an id it does not know, or any other error to refuse the proposal
+// (its message goes to the proposer).
+type FunctionResolver func(ctx context.Context, shareDataID, functionID string) (Function, error)
+
+// FunctionLookup is a store that keeps functions by id per share data, as
+// MemoryManager does.
+type FunctionLookup interface {
+	Function(shareDataID, functionID string) (Function, bool)
+}
+
+// IDFunctionResolver returns the conventional resolver: the function
+// registered on the share data under the wire's functionId. Functions with
+// an empty ID are never found.
+func IDFunctionResolver(l FunctionLookup) FunctionResolver {
+	return func(ctx context.Context, shareDataID, functionID string) (Function, error) {
+		if functionID == "" {
+			return Function{}, ErrUnknownFunction
+		}
+		fn, ok := l.Function(shareDataID, functionID)
+		if !ok || fn.ID == "" {
+			return Function{}, fmt.Errorf("%w %s", ErrUnknownFunction, quoteForError(functionID))
+		}
+		return fn, nil
+	}
+}
+
+// MemoryManager keeps share data in memory. It is safe for concurrent use.
+// Transaction ids are a random prefix drawn when the manager is made and a
+// counter, so a cursor saved before a restart never matches a transaction
+// after it.
+type MemoryManager struct {
+	prefix    string
+	seq       atomic.Uint64
+	mu        sync.RWMutex
+	items     map[string]*memItem
+	listeners atomic.Pointer[[]*listener]
+	lmu       sync.Mutex // serializes changes to listeners
+}
+
+type listener struct{ fn func(Event) }
+
+type memItem struct {
+	mu      sync.Mutex
+	removed bool
+	state   json.RawMessage
+	last    string
+	version uint64
+	fns     map[string]Function
+}
+
+// NewMemoryManager returns an empty manager.
+func NewMemoryManager() *MemoryManager {
+	var b [10]byte
+	crand.Read(b[:])
+	return &MemoryManager{
+		prefix: base32.HexEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]),
+		items:  make(map[string]*memItem),
+	}
+}
+
+// Create adds a share data item with an initial state (valid JSON; nil
+// means null) and its functions.
+func (m *MemoryManager) Create(shareDataID string, state json.RawMessage, fns ...Function) error {
+	st, err := normalizeState(state)
+	if err != nil {
+		return err
+	}
+	it := &memItem{state: st, fns: make(map[string]Function)}
+	for _, fn := range fns {
+		if fn.ID != "" {
+			it.fns[fn.ID] = fn
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.items[shareDataID]; ok {
+		return fmt.Errorf("%w: %s", ErrShareDataExists, quoteForError(shareDataID))
+	}
+	m.items[shareDataID] = it
+	return nil
+}
+
+// AddFunction registers fn on the share data. A function with an empty ID
+// is refused: it could never be called over the wire.
+func (m *MemoryManager) AddFunction(shareDataID string, fn Function) error {
+	if fn.ID == "" || fn.Apply == nil {
+		return errors.New("realtime: a function needs an ID and Apply")
+	}
+	it, err := m.item(shareDataID)
+	if err != nil {
+		return err
+	}
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	it.fns[fn.ID] = fn
+	return nil
+}
+
+// Function returns the function registered under functionID.
+func (m *MemoryManager) Function(shareDataID, functionID string) (Function, bool) {
+	it, err := m.item(shareDataID)
+	if err != nil {
+		return Function{}, false
+	}
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	fn, ok := it.fns[functionID]
+	return fn, ok
+}
+
+func (m *MemoryManager) item(id string) (*memItem, error) {
+	m.mu.RLock()
+	it := m.items[id]
+	m.mu.RUnlock()
+	if it == nil {
+		return nil, fmt.Errorf("%w %s", ErrUnknownShareData, quoteForError(id))
+	}
+	return it, nil
+}
+
+// Snapshot implements Manager.
+func (m *MemoryManager) Snapshot(ctx context.Context, shareDataID string) (Snapshot, error) {
+	it, err := m.item(shareDataID)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	if it.removed {
+		return Snapshot{}, fmt.Errorf("%w %s", ErrUnknownShareData, quoteForError(shareDataID))
+	}
+	return Snapshot{State: it.state, LastTransactionID: it.last, Version: it.version}, nil
+}
+
+// Apply implements Manager. fn runs under the item's lock, so transactions
+// on one item are applied one at a time, in a single order that every
+// listener sees.
+func (m *MemoryManager) Apply(ctx context.Context, shareDataID string, fn Function, proposed json.RawMessage) (*Transaction, error) {
+	if fn.Apply == nil {
+		return nil, errors.New("realtime: function has no Apply")
+	}
+	it, err := m.item(shareDataID)
+	if err != nil {
+		return nil, err
+	}
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	if it.removed {
+		return nil, fmt.Errorf("%w %s", ErrUnknownShareData, quoteForError(shareDataID))
+	}
+	if proposed, err = normalizeState(proposed); err != nil {
+		return nil, fmt.Errorf("proposed data: %w", err)
+	}
+	next, err := fn.Apply(ctx, it.state, proposed)
+	if err != nil {
+		return nil, err
+	}
+	if next, err = normalizeState(next); err != nil {
+		return nil, fmt.Errorf("function %s returned %w", quoteForError(fn.ID), err)
+	}
+	tx := &Transaction{
+		ShareDataID:  shareDataID,
+		ID:           m.prefix + "-" + strconv.FormatUint(m.seq.Add(1), 36),
+		PreviousID:   it.last,
+		FunctionID:   fn.ID,
+		ProposedData: proposed,
+		State:        next,
+	}
+	it.state, it.last = next, tx.ID
+	it.version++
+	m.notify(Event{Kind: EventTransaction, ShareDataID: shareDataID, Version: it.version, Transaction: tx})
+	return tx, nil
+}
+
+// Update replaces the item's state outside the transaction flow; the
+// subscribers get a lifecycle "updated" frame. The last transaction id does
+// not change.
+func (m *MemoryManager) Update(shareDataID string, state json.RawMessage) error {
+	st, err := normalizeState(state)
+	if err != nil {
+		return err
+	}
+	it, err := m.item(shareDataID)
+	if err != nil {
+		return err
+	}
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	if it.removed {
+		return fmt.Errorf("%w %s", ErrUnknownShareData, quoteForError(shareDataID))
+	}
+	it.state = st
+	it.version++
+	m.notify(Event{Kind: EventUpdated, ShareDataID: shareDataID, Version: it.version, State: st})
+	return nil
+}
+
+// Remove deletes the item; the subscribers get a lifecycle "removed" frame
+// and their subscriptions end.
+func (m *MemoryManager) Remove(shareDataID string) error {
+	it, err := m.item(shareDataID)
+	if err != nil {
+		return err
+	}
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	if it.removed {
+		return fmt.Errorf("%w %s", ErrUnknownShareData, quoteForError(shareDataID))
+	}
+	it.removed = true
+	m.mu.Lock()
+	delete(m.items, shareDataID)
+	m.mu.Unlock()
+	it.version++
+	m.notify(Event{Kind: EventRemoved, ShareDataID: shareDataID, Version: it.version})
+	return nil
+}
+
+// Listen implements Manager. Listeners are called synchronously, under the
+// item's lock.
+func (m *MemoryManager) Listen(fn func(Event)) (cancel func()) {
+	l := &listener{fn: fn}
+	m.lmu.Lock()
+	var next []*listener
+	if cur := m.listeners.Load(); cur != nil {
+		next = append(next, *cur...)
+	}
+	next = append(next, l)
+	m.listeners.Store(&next)
+	m.lmu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			m.lmu.Lock()
+			defer m.lmu.Unlock()
+			cur := *m.listeners.Load()
+			next := make([]*listener, 0, len(cur))
+			for _, x := range cur {
+				if x != l {
+					next = append(next, x)
+				}
+			}
+			m.listeners.Store(&next)
+		})
+	}
+}
+
+func (m *MemoryManager) notify(ev Event) {
+	if ls := m.listeners.Load(); ls != nil {
+		for _, l := range *ls {
+			l.fn(ev)
+		}
+	}
+}
+
+// normalizeState checks that a state is valid JSON and compacts it; nil
+// becomes null.
+func normalizeState(s json.RawMessage) (json.RawMessage, error) {
+	if len(s) == 0 {
+		return json.RawMessage("null"), nil
+	}
+	var sc scanner
+	sc.data = s
+	sc.ws()
+	// Level 2: in a message, the state sits inside the envelope.
+	if _, _, reason := sc.value(2); reason != "" {
+		return nil, fmt.Errorf("state is not valid JSON: %s", reason)
+	}
+	sc.ws()
+	if sc.pos != len(s) || !validUTF8(s) {
+		return nil, errors.New("state is not one valid JSON value")
+	}
+	return compactJSON(s), nil
+}

@@ -1,0 +1,483 @@
+package realtime
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults of ServerOptions. Each applies when its field is zero.
+const (
+	// DefaultMaxBufferedBytes caps the bytes queued for one connection
+	// (1 MiB); past it the connection is closed with 4001.
+	DefaultMaxBufferedBytes = 1 << 20
+	// DefaultHeartbeatInterval is how often the server pings each
+	// connection; one that has not answered by the next ping is closed.
+	DefaultHeartbeatInterval = 30 * time.Second
+	// DefaultMaxSubscriptionsPerConnection bounds the share data items one
+	// connection may subscribe to at once.
+	DefaultMaxSubscriptionsPerConnection = 100
+)
+
+// ServerOptions configure a Server. The zero value gives the defaults of
+// @degenerate/realtime: a replay window of 100 transactions per share data,
+// a 1 MiB send-buffer cap, a 30 s heartbeat, and no authentication, no
+// authorization and no propose.
+type ServerOptions struct {
+	// Authenticate runs before the upgrade. It returns a per-connection
+	// value that reaches the authorizers, or an error that refuses the
+	// upgrade with an HTTP response before any WebSocket byte: the
+	// status and headers of an *AuthError, or 401. When the value has a
+	// method ExpiresAt() time.Time, the connection is closed with 4002
+	// (unauthorized) at that time. Nil admits everyone with a nil value.
+	Authenticate func(r *http.Request) (any, error)
+
+	// AuthorizeSubscribe decides each subscribe; an error is sent to the
+	// client as a non-fatal error frame with code "forbidden" and the
+	// error's text. Nil allows all.
+	AuthorizeSubscribe func(ctx context.Context, auth any, shareDataID string) error
+
+	// AuthorizePropose decides each propose; an error is sent as a
+	// proposal-result with accepted false and the error's text. Nil allows
+	// all.
+	AuthorizePropose func(ctx context.Context, auth any, shareDataID, functionID string) error
+
+	// ResolveFunction maps a propose's function id to a function.
+	// IDFunctionResolver is the conventional one. Nil disables propose:
+	// every proposal is answered accepted false, "propose is not enabled
+	// on this server".
+	ResolveFunction FunctionResolver
+
+	// ReplayBufferSize is the number of transactions retained per share
+	// data for replay on reconnect, used when ReplayStore is nil. Zero
+	// means DefaultReplayBufferSize (100).
+	ReplayBufferSize int
+	// ReplayStore keeps the replay window. Nil means a
+	// MemoryReplayStore of ReplayBufferSize.
+	ReplayStore ReplayStore
+	// Registry carries events between instances. Nil means a
+	// MemoryRegistry of this server alone.
+	Registry ChannelRegistry
+
+	// MaxBufferedBytes caps the bytes queued for one connection; when a
+	// frame would pass it, the connection is closed with 4001 (fell
+	// behind) at once, so a slow consumer never stalls a broadcast. Zero
+	// means DefaultMaxBufferedBytes (1 MiB).
+	MaxBufferedBytes int
+	// HeartbeatInterval is how often every connection is pinged; a
+	// connection that has not answered a ping by the next one is closed.
+	// Zero means DefaultHeartbeatInterval (30 s); negative disables.
+	HeartbeatInterval time.Duration
+	// MaxSubscriptionsPerConnection bounds one connection's subscriptions;
+	// a subscribe past it gets an error frame "too-many-subscriptions".
+	// Zero means DefaultMaxSubscriptionsPerConnection (100).
+	MaxSubscriptionsPerConnection int
+	// MaxConnections bounds the open connections; upgrades past it get
+	// 503. Zero means no bound.
+	MaxConnections int
+	// ShutdownCode is the close code Shutdown sends: CloseGoingAway (1001,
+	// the zero value's meaning) or CloseServiceRestart (1012).
+	ShutdownCode StatusCode
+
+	// Accept configures the WebSocket handshake and connection: origin
+	// patterns, subprotocols, the read limit (64 KiB by default) and
+	// timeouts. Its IdleTimeout defaults to twice the heartbeat interval.
+	Accept AcceptOptions
+
+	// Logger receives the server's logs: connection events at Debug,
+	// slow-consumer and heartbeat closes at Warn, failures at Error;
+	// nothing per message above Debug. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// AuthError is returned by an Authenticate hook to refuse an upgrade with
+// a given HTTP status (401 when zero), extra response headers (such as
+// WWW-Authenticate) and a short reason for the response body. The reason
+// must not contain the credentials.
+type AuthError struct {
+	Status int
+	Header http.Header
+	Reason string
+}
+
+func (e *AuthError) Error() string { return "realtime: authentication failed: " + e.Reason }
+
+// ErrServerClosed is returned by Shutdown when called again, and answered
+// (as 503) to upgrades that come after Shutdown.
+var ErrServerClosed = errors.New("realtime: server closed")
+
+// Server is the realtime endpoint: an http.Handler that turns WebSocket
+// connections into subscriptions to the share data of a Manager. Mount it
+// on any mux: mux.Handle("/realtime", srv).
+//
+// Guarantees: each subscriber receives every transaction applied after its
+// snapshot exactly once and in order, with no gap between the state frame
+// and the first live frame; a frame is encoded once however many
+// subscribers get it; one slow, malformed or flooding client never delays
+// another (its queue is bounded and it is closed instead).
+type Server struct {
+	manager Manager
+	opts    ServerOptions
+	store   ReplayStore
+	reg     ChannelRegistry
+	log     *slog.Logger
+
+	unlisten func()
+	detachFn func()
+
+	mu       sync.RWMutex
+	topics   map[string]*topic
+	sessions map[*session]struct{}
+	closed   bool
+
+	wg        sync.WaitGroup // every goroutine the server starts
+	hbStarted bool // under mu
+	hbStop    chan struct{}
+	closeOnce sync.Once
+
+	stats serverStats
+}
+
+type serverStats struct {
+	connections        atomic.Int64
+	subscriptions      atomic.Int64
+	framesSent         atomic.Uint64
+	bytesSent          atomic.Uint64
+	slowConsumerCloses atomic.Uint64
+	heartbeatCloses    atomic.Uint64
+	proposalsAccepted  atomic.Uint64
+	proposalsRejected  atomic.Uint64
+}
+
+// Stats is a snapshot of a server's counters.
+type Stats struct {
+	Connections        int64  // open now
+	Subscriptions      int64  // active now
+	FramesSent         uint64 // WebSocket data frames written
+	BytesSent          uint64 // bytes of those frames
+	SlowConsumerCloses uint64 // connections closed with 4001
+	HeartbeatCloses    uint64 // connections closed for not answering a ping
+	ProposalsAccepted  uint64
+	ProposalsRejected  uint64
+}
+
+// NewServer returns a server for the share data of m. It listens to m's
+// events until Shutdown.
+func NewServer(m Manager, opts *ServerOptions) *Server {
+	s := &Server{manager: m, topics: make(map[string]*topic), sessions: make(map[*session]struct{}), hbStop: make(chan struct{})}
+	if opts != nil {
+		s.opts = *opts
+	}
+	o := &s.opts
+	if o.MaxBufferedBytes <= 0 {
+		o.MaxBufferedBytes = DefaultMaxBufferedBytes
+	}
+	if o.HeartbeatInterval == 0 {
+		o.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if o.MaxSubscriptionsPerConnection <= 0 {
+		o.MaxSubscriptionsPerConnection = DefaultMaxSubscriptionsPerConnection
+	}
+	if o.ShutdownCode == 0 {
+		o.ShutdownCode = CloseGoingAway
+	}
+	if o.Accept.IdleTimeout == 0 && o.HeartbeatInterval > 0 {
+		o.Accept.IdleTimeout = 2 * o.HeartbeatInterval
+	}
+	s.log = o.Logger
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.store = o.ReplayStore
+	if s.store == nil {
+		s.store = NewMemoryReplayStore(o.ReplayBufferSize)
+	}
+	s.reg = o.Registry
+	if s.reg == nil {
+		s.reg = NewMemoryRegistry()
+	}
+	s.detachFn = s.reg.Attach(s.deliver)
+	s.unlisten = m.Listen(s.publish)
+	return s
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats {
+	return Stats{
+		Connections:        s.stats.connections.Load(),
+		Subscriptions:      s.stats.subscriptions.Load(),
+		FramesSent:         s.stats.framesSent.Load(),
+		BytesSent:          s.stats.bytesSent.Load(),
+		SlowConsumerCloses: s.stats.slowConsumerCloses.Load(),
+		HeartbeatCloses:    s.stats.heartbeatCloses.Load(),
+		ProposalsAccepted:  s.stats.proposalsAccepted.Load(),
+		ProposalsRejected:  s.stats.proposalsRejected.Load(),
+	}
+}
+
+// ServeHTTP authenticates the request, upgrades it and serves the
+// connection until it ends. It returns as soon as the connection is
+// established; the server's own goroutines carry it on.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.mu.RLock()
+	closed := s.closed
+	s.mu.RUnlock()
+	if closed {
+		http.Error(w, "realtime: server is shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	if max := s.opts.MaxConnections; max > 0 && s.stats.connections.Load() >= int64(max) {
+		http.Error(w, "realtime: too many connections", http.StatusServiceUnavailable)
+		return
+	}
+	var auth any
+	if fn := s.opts.Authenticate; fn != nil {
+		var err error
+		if auth, err = fn(r); err != nil {
+			refuseAuth(w, err)
+			s.log.Debug("realtime: upgrade refused", "remote", r.RemoteAddr, "err", err)
+			return
+		}
+	}
+	conn, err := Accept(w, r, &s.opts.Accept)
+	if err != nil {
+		s.log.Debug("realtime: handshake failed", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	sess := &session{srv: s, conn: conn, auth: auth, ctx: ctx, cancel: cancel, subs: make(map[string]*subscription)}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		cancel()
+		conn.Close(s.opts.ShutdownCode, "server shutting down")
+		return
+	}
+	s.sessions[sess] = struct{}{}
+	s.stats.connections.Add(1)
+	s.wg.Add(1) // the read loop
+	if s.opts.HeartbeatInterval > 0 && !s.hbStarted {
+		s.hbStarted = true
+		s.wg.Add(1)
+		go s.heartbeat()
+	}
+	s.mu.Unlock()
+	if exp, ok := auth.(interface{ ExpiresAt() time.Time }); ok {
+		sess.expiry = time.AfterFunc(time.Until(exp.ExpiresAt()), func() {
+			sess.close(CloseUnauthorized, "token expired", false)
+		})
+	}
+	s.log.Debug("realtime: connection open", sess.logAttrs())
+	go sess.readLoop()
+}
+
+// refuseAuth answers a refused upgrade.
+func refuseAuth(w http.ResponseWriter, err error) {
+	status, reason := http.StatusUnauthorized, "unauthorized"
+	var ae *AuthError
+	if errors.As(err, &ae) {
+		if ae.Status != 0 {
+			status = ae.Status
+		}
+		for k, vs := range ae.Header {
+			for _, v := range vs {
+				w.Header().Add(k, v)
+			}
+		}
+		if ae.Reason != "" {
+			reason = ae.Reason
+		}
+	}
+	http.Error(w, reason, status)
+}
+
+// publish is the manager's listener: it records transactions in the replay
+// window and hands every event to the registry.
+func (s *Server) publish(ev Event) {
+	ctx := context.Background()
+	switch ev.Kind {
+	case EventTransaction:
+		tx := ev.Transaction
+		msg := (&TransactionMessage{ShareDataID: tx.ShareDataID, TransactionID: tx.ID, PreviousTransactionID: tx.PreviousID,
+			FunctionID: tx.FunctionID, ProposedData: tx.ProposedData, Replayed: true}).AppendJSON(nil)
+		if err := s.store.Append(ctx, ev.ShareDataID, ReplayRecord{TransactionID: tx.ID, PreviousTransactionID: tx.PreviousID, Message: msg}); err != nil {
+			s.log.Error("realtime: replay store append failed", "share_data_id", ev.ShareDataID, "err", err)
+		}
+	case EventRemoved:
+		if err := s.store.Drop(ctx, ev.ShareDataID); err != nil {
+			s.log.Error("realtime: replay store drop failed", "share_data_id", ev.ShareDataID, "err", err)
+		}
+	}
+	if err := s.reg.Publish(ctx, ev); err != nil {
+		s.log.Error("realtime: publish failed", "share_data_id", ev.ShareDataID, "err", err)
+	}
+}
+
+// deliver is the registry's receiver: it encodes the event's frame once
+// and fans it out to the local subscribers.
+func (s *Server) deliver(ev Event) {
+	s.mu.RLock()
+	t := s.topics[ev.ShareDataID]
+	s.mu.RUnlock()
+	if t == nil {
+		return // no local subscriber
+	}
+	var msg ServerMessage
+	switch ev.Kind {
+	case EventTransaction:
+		tx := ev.Transaction
+		msg = &TransactionMessage{ShareDataID: tx.ShareDataID, TransactionID: tx.ID, PreviousTransactionID: tx.PreviousID,
+			FunctionID: tx.FunctionID, ProposedData: tx.ProposedData, CurrentState: tx.State}
+	case EventUpdated:
+		msg = &LifecycleMessage{ShareDataID: ev.ShareDataID, Event: LifecycleUpdated, CurrentState: ev.State}
+	case EventRemoved:
+		msg = &LifecycleMessage{ShareDataID: ev.ShareDataID, Event: LifecycleRemoved}
+	default:
+		return
+	}
+	payload := msg.AppendJSON(make([]byte, 0, 256))
+	frame := appendServerFrame(make([]byte, 0, len(payload)+maxHeaderSize), payload)
+	t.fanOut(ev.Version, frame, ev.Kind == EventRemoved)
+	if ev.Kind == EventRemoved {
+		s.dropTopicIfEmpty(t)
+	}
+}
+
+// attach registers sub with its share data's topic, creating the topic.
+func (s *Server) attach(id string, sub *subscription) {
+	s.mu.Lock()
+	t := s.topics[id]
+	if t == nil {
+		t = &topic{id: id}
+		s.topics[id] = t
+	}
+	t.mu.Lock()
+	sub.topic = t
+	t.add(sub)
+	t.mu.Unlock()
+	s.mu.Unlock()
+}
+
+// detach unregisters sub and drops its topic when it was the last.
+func (s *Server) detach(sub *subscription) {
+	t := sub.topic
+	s.mu.Lock()
+	t.mu.Lock()
+	t.remove(sub)
+	if len(t.subs) == 0 && !t.dead {
+		t.dead = true
+		delete(s.topics, t.id)
+	}
+	t.mu.Unlock()
+	s.mu.Unlock()
+}
+
+func (s *Server) dropTopicIfEmpty(t *topic) {
+	s.mu.Lock()
+	t.mu.Lock()
+	if len(t.subs) == 0 && !t.dead && s.topics[t.id] == t {
+		t.dead = true
+		delete(s.topics, t.id)
+	}
+	t.mu.Unlock()
+	s.mu.Unlock()
+}
+
+func (s *Server) removeSession(sess *session) {
+	s.mu.Lock()
+	if _, ok := s.sessions[sess]; ok {
+		delete(s.sessions, sess)
+		s.stats.connections.Add(-1)
+	}
+	s.mu.Unlock()
+}
+
+// goClose closes conn with a close handshake on a goroutine of the
+// server's, so the caller never waits for a slow peer.
+func (s *Server) goClose(conn *Conn, code StatusCode, reason string) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		conn.Close(code, reason)
+	}()
+}
+
+// heartbeat pings every connection each interval and closes those that did
+// not answer the previous ping (half-open connections, vanished peers).
+func (s *Server) heartbeat() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.opts.HeartbeatInterval)
+	defer t.Stop()
+	var sessions []*session
+	for {
+		select {
+		case <-s.hbStop:
+			return
+		case <-t.C:
+		}
+		sessions = sessions[:0]
+		s.mu.RLock()
+		for sess := range s.sessions {
+			sessions = append(sessions, sess)
+		}
+		s.mu.RUnlock()
+		for _, sess := range sessions {
+			pongs := sess.conn.pongCount()
+			if sess.pinged && pongs == sess.pongsSeen {
+				s.stats.heartbeatCloses.Add(1)
+				s.log.Warn("realtime: closing a connection that did not answer a ping", sess.logAttrs())
+				sess.conn.CloseNow()
+				continue
+			}
+			sess.pongsSeen = pongs
+			sess.pinged = sess.conn.pingNoWait()
+		}
+		clear(sessions)
+	}
+}
+
+// Shutdown stops accepting connections, sends every client a close frame
+// with ShutdownCode after the frames already queued for it, and waits for
+// the connections and every goroutine of the server to end. When ctx ends
+// first, the remaining connections are closed at once and ctx's error is
+// returned after they are gone. The server stops listening to its manager.
+func (s *Server) Shutdown(ctx context.Context) error {
+	first := false
+	s.closeOnce.Do(func() { first = true })
+	if !first {
+		return ErrServerClosed
+	}
+	s.mu.Lock()
+	s.closed = true
+	sessions := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		sessions = append(sessions, sess)
+	}
+	s.mu.Unlock()
+	close(s.hbStop)
+	for _, sess := range sessions {
+		sess.close(s.opts.ShutdownCode, "server shutting down", true)
+	}
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		for _, sess := range sessions {
+			sess.conn.CloseNow()
+		}
+		<-done
+	}
+	s.unlisten()
+	s.detachFn()
+	return err
+}

@@ -1,0 +1,386 @@
+package realtime
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// This file holds one server connection: its bounded send queue and the
+// writer that drains it, and the read loop that dispatches the client's
+// messages.
+
+// Error codes of error frames sent by the server.
+const (
+	// ErrCodeReplayCursorNotFound: a subscribe's since is outside the
+	// replay window; the state frame before it is current, but the
+	// transactions between since and it are not replayed.
+	ErrCodeReplayCursorNotFound = "replay-cursor-not-found"
+	// ErrCodeForbidden: the subscribe authorizer refused.
+	ErrCodeForbidden = "forbidden"
+	// ErrCodeTooManySubscriptions: the connection is at
+	// MaxSubscriptionsPerConnection.
+	ErrCodeTooManySubscriptions = "too-many-subscriptions"
+	// ErrCodeInternal: the server failed to serve the request.
+	ErrCodeInternal = "internal-error"
+)
+
+// maxWriteBatch bounds the bytes written by one system call, so pongs and
+// close frames queued meanwhile wait for at most that much.
+const maxWriteBatch = 64 << 10
+
+type session struct {
+	srv    *Server
+	conn   *Conn
+	auth   any
+	ctx    context.Context // ends with the connection
+	cancel context.CancelFunc
+	expiry *time.Timer
+
+	mu      sync.Mutex
+	queue   [][]byte // frames accepted, not yet taken by the writer
+	spare   [][]byte // the writer's previous batch, reused
+	queued  int      // bytes accepted and not yet written
+	writing bool     // a writer goroutine is running
+	closing bool     // no more frames are accepted
+	// closeCode is sent by the writer once the queue is drained (0: none).
+	closeCode   StatusCode
+	closeReason string
+	subs        map[string]*subscription
+
+	// Heartbeat state, touched only by the heartbeat goroutine.
+	pinged    bool
+	pongsSeen uint64
+}
+
+// enqueue accepts a frame for sending. It never blocks: when the queued
+// bytes would pass the cap, the connection is closed with 4001 instead.
+func (s *session) enqueue(frame []byte) {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return
+	}
+	if s.queued+len(frame) > s.srv.opts.MaxBufferedBytes {
+		s.mu.Unlock()
+		s.srv.stats.slowConsumerCloses.Add(1)
+		s.srv.log.Warn("realtime: closing a slow consumer", "remote", s.conn.RemoteAddr().String(), "queued_bytes", s.queued)
+		s.close(CloseFellBehind, "send buffer overflow: the client fell behind", false)
+		return
+	}
+	s.queue = append(s.queue, frame)
+	s.queued += len(frame)
+	s.startWriterLocked()
+	s.mu.Unlock()
+}
+
+// startWriterLocked starts the writer unless it runs; the caller holds mu.
+// A connection with nothing to send has no writer goroutine.
+func (s *session) startWriterLocked() {
+	if !s.writing {
+		s.writing = true
+		s.srv.wg.Add(1)
+		go s.writeLoop()
+	}
+}
+
+// send encodes a direct reply and queues it.
+func (s *session) send(m ServerMessage) {
+	s.enqueue(appendServerFrame(nil, m.AppendJSON(nil)))
+}
+
+// close stops the connection with code. With drain, frames already queued
+// are sent first (graceful shutdown); without, they are dropped and the
+// close frame goes out as soon as the connection can take it. It never
+// blocks.
+func (s *session) close(code StatusCode, reason string, drain bool) {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return
+	}
+	s.closing = true
+	s.closeCode, s.closeReason = code, reason
+	if !drain {
+		clear(s.queue)
+		s.queue = s.queue[:0]
+		if s.writing {
+			// The writer is busy (maybe blocked on a slow peer): close
+			// from here, so the close frame follows the current write.
+			s.closeCode = 0
+			s.mu.Unlock()
+			s.srv.goClose(s.conn, code, reason)
+			return
+		}
+	}
+	s.startWriterLocked()
+	s.mu.Unlock()
+}
+
+// writeLoop sends queued frames in batches until the queue is empty, then
+// ends; a later enqueue starts a new one.
+func (s *session) writeLoop() {
+	defer s.srv.wg.Done()
+	for {
+		s.mu.Lock()
+		if len(s.queue) == 0 {
+			s.writing = false
+			code, reason := s.closeCode, s.closeReason
+			s.closeCode = 0
+			s.mu.Unlock()
+			if code != 0 {
+				s.conn.Close(code, reason)
+			}
+			return
+		}
+		batch := s.queue
+		s.queue, s.spare = s.spare[:0], nil
+		s.mu.Unlock()
+
+		written, err := s.writeBatch(batch)
+		clear(batch) // let the frames be collected
+		s.srv.stats.framesSent.Add(uint64(len(batch)))
+		s.srv.stats.bytesSent.Add(uint64(written))
+
+		s.mu.Lock()
+		s.queued -= written
+		s.spare = batch[:0]
+		if err != nil {
+			s.closing = true
+			s.writing = false
+			clear(s.queue)
+			s.queue = s.queue[:0]
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+	}
+}
+
+// writeBatch writes frames in system calls of at most maxWriteBatch bytes
+// and returns the bytes written.
+func (s *session) writeBatch(frames [][]byte) (int, error) {
+	written := 0
+	for len(frames) > 0 {
+		n, size := 0, 0
+		for n < len(frames) && (n == 0 || size+len(frames[n]) <= maxWriteBatch) {
+			size += len(frames[n])
+			n++
+		}
+		if err := s.conn.writeFrames(s.ctx, frames[:n]); err != nil {
+			return written, err
+		}
+		written += size
+		frames = frames[n:]
+	}
+	return written, nil
+}
+
+// forget drops a subscription that ended (its share data was removed).
+func (s *session) forget(sub *subscription) {
+	s.mu.Lock()
+	if s.subs[sub.topic.id] == sub {
+		delete(s.subs, sub.topic.id)
+	}
+	s.mu.Unlock()
+	s.srv.stats.subscriptions.Add(-1)
+}
+
+// readLoop reads and dispatches the client's messages until the
+// connection ends, then releases everything the session holds.
+func (s *session) readLoop() {
+	defer s.srv.wg.Done()
+	defer s.cleanup()
+	var buf []byte
+	for {
+		typ, msg, err := s.conn.ReadInto(context.Background(), buf)
+		if err != nil {
+			s.srv.log.Debug("realtime: connection ended", "remote", s.conn.RemoteAddr().String(), "err", err)
+			return
+		}
+		buf = msg
+		s.mu.Lock()
+		closing := s.closing
+		s.mu.Unlock()
+		if closing {
+			continue // keep reading until the close handshake is done
+		}
+		if typ != MessageText {
+			s.close(CloseUnsupportedData, "binary messages are not part of the protocol", true)
+			continue
+		}
+		m, err := DecodeClientMessage(msg)
+		if err != nil {
+			s.close(CloseInvalidMessage, err.Error(), true)
+			continue
+		}
+		s.dispatch(m)
+		if cap(buf) > 4<<10 {
+			buf = nil // do not keep a large buffer for an idle connection
+		}
+	}
+}
+
+func (s *session) dispatch(m ClientMessage) {
+	switch m := m.(type) {
+	case *SubscribeMessage:
+		s.subscribe(m)
+	case *UnsubscribeMessage:
+		s.unsubscribe(m.ShareDataID)
+	case *ProposeMessage:
+		s.propose(m)
+	case *PingMessage:
+		s.send(&PongMessage{CorrelationID: m.CorrelationID})
+	}
+}
+
+// subscribe registers the subscription before taking the snapshot, holding
+// the frames that arrive meanwhile; once the snapshot is known it queues
+// the state frame, the replay, and the held frames newer than the snapshot,
+// all under the topic's lock, so no transaction is missed or sent twice.
+func (s *session) subscribe(m *SubscribeMessage) {
+	srv := s.srv
+	id := m.ShareDataID
+	if az := srv.opts.AuthorizeSubscribe; az != nil {
+		if err := az(s.ctx, s.auth, id); err != nil {
+			s.send(&ErrorMessage{Code: ErrCodeForbidden, Message: err.Error(), ShareDataID: id})
+			return
+		}
+	}
+	s.mu.Lock()
+	old := s.subs[id]
+	if old == nil && len(s.subs) >= srv.opts.MaxSubscriptionsPerConnection {
+		s.mu.Unlock()
+		s.send(&ErrorMessage{Code: ErrCodeTooManySubscriptions,
+			Message: "at most " + strconv.Itoa(srv.opts.MaxSubscriptionsPerConnection) + " subscriptions per connection", ShareDataID: id})
+		return
+	}
+	s.mu.Unlock()
+	if old != nil {
+		// Subscribing again restarts the subscription: a new state frame
+		// (and replay), then live frames once.
+		s.unsubscribe(id)
+	}
+
+	sub := &subscription{sess: s, syncing: true, index: -1}
+	srv.attach(id, sub)
+	snap, err := srv.manager.Snapshot(s.ctx, id)
+	if err != nil {
+		srv.detach(sub)
+		if errors.Is(err, ErrUnknownShareData) {
+			s.close(CloseUnknownShareData, "unknown share data "+quoteForError(id), true)
+			return
+		}
+		srv.log.Error("realtime: snapshot failed", "share_data_id", id, "err", err)
+		s.send(&ErrorMessage{Code: ErrCodeInternal, Message: "could not read the share data", ShareDataID: id})
+		return
+	}
+	var replay []ReplayRecord
+	var replayErr error
+	if m.HasSince {
+		replay, replayErr = srv.store.Replay(s.ctx, id, m.Since, snap.LastTransactionID)
+	}
+
+	t := sub.topic
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s.send(&StateMessage{ShareDataID: id, CurrentState: snap.State, LastTransactionID: snap.LastTransactionID})
+	switch {
+	case errors.Is(replayErr, ErrReplayCursorNotFound):
+		s.send(&ErrorMessage{Code: ErrCodeReplayCursorNotFound,
+			Message: "cursor " + quoteForError(m.Since) + " is outside the replay window; transactions before the state were not replayed", ShareDataID: id})
+	case replayErr != nil:
+		srv.log.Error("realtime: replay failed", "share_data_id", id, "err", replayErr)
+		s.send(&ErrorMessage{Code: ErrCodeInternal, Message: "replay failed", ShareDataID: id})
+	default:
+		for _, rec := range replay {
+			s.enqueue(appendServerFrame(nil, rec.Message))
+		}
+	}
+	sub.syncing = false
+	sub.version = snap.Version
+	pending := sub.pending
+	sub.pending = nil
+	s.mu.Lock()
+	s.subs[id] = sub
+	s.mu.Unlock()
+	srv.stats.subscriptions.Add(1)
+	for _, p := range pending {
+		if sub.deliver(p.version, p.frame) && p.removed {
+			sub.end()
+			return
+		}
+	}
+}
+
+// unsubscribe stops the frames of one share data item. Unknown ids are
+// ignored.
+func (s *session) unsubscribe(id string) {
+	s.mu.Lock()
+	sub := s.subs[id]
+	delete(s.subs, id)
+	s.mu.Unlock()
+	if sub != nil {
+		s.srv.detach(sub)
+		s.srv.stats.subscriptions.Add(-1)
+	}
+}
+
+func (s *session) propose(m *ProposeMessage) {
+	srv := s.srv
+	reject := func(reason string) {
+		srv.stats.proposalsRejected.Add(1)
+		s.send(&ProposalResultMessage{CorrelationID: m.CorrelationID, Error: reason})
+	}
+	if az := srv.opts.AuthorizePropose; az != nil {
+		if err := az(s.ctx, s.auth, m.ShareDataID, m.FunctionID); err != nil {
+			reject(err.Error())
+			return
+		}
+	}
+	if srv.opts.ResolveFunction == nil {
+		reject("propose is not enabled on this server")
+		return
+	}
+	fn, err := srv.opts.ResolveFunction(s.ctx, m.ShareDataID, m.FunctionID)
+	if err != nil {
+		reject(err.Error())
+		return
+	}
+	tx, err := srv.manager.Apply(s.ctx, m.ShareDataID, fn, m.ProposedData)
+	if err != nil {
+		reject(err.Error())
+		return
+	}
+	srv.stats.proposalsAccepted.Add(1)
+	s.send(&ProposalResultMessage{CorrelationID: m.CorrelationID, Accepted: true, TransactionID: tx.ID})
+}
+
+// cleanup releases the session once its connection ended.
+func (s *session) cleanup() {
+	s.conn.CloseNow()
+	s.cancel()
+	if s.expiry != nil {
+		s.expiry.Stop()
+	}
+	s.mu.Lock()
+	s.closing = true
+	subs := s.subs
+	s.subs = nil
+	clear(s.queue)
+	s.queue = nil
+	s.mu.Unlock()
+	for _, sub := range subs {
+		s.srv.detach(sub)
+		s.srv.stats.subscriptions.Add(-1)
+	}
+	s.srv.removeSession(s)
+}
+
+// logAttrs describes the session in log lines.
+func (s *session) logAttrs() slog.Attr {
+	return slog.String("remote", s.conn.RemoteAddr().String())
+}
