@@ -88,4 +88,3 @@ func (c *Conn) pingNoWait() bool {
 
 // pongCount returns the number of pongs received so far.
 func (c *Conn) pongCount() uint64 { return c.pongs.Load() }
-

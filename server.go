@@ -135,7 +135,7 @@ type Server struct {
 	closed   bool
 
 	wg        sync.WaitGroup // every goroutine the server starts
-	hbStarted bool // under mu
+	hbStarted bool           // under mu
 	hbStop    chan struct{}
 	closeOnce sync.Once
 
