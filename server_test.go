@@ -47,8 +47,15 @@ type rtServer struct {
 }
 
 // newRTServer runs a Server over a MemoryManager holding "doc" (count 0)
-// and "other", with the id-based resolver unless opts says otherwise.
+// and "other", with the id-based resolver unless opts has another.
 func newRTServer(t testing.TB, opts *ServerOptions) *rtServer {
+	t.Helper()
+	return startRTServer(t, opts, true)
+}
+
+// startRTServer is newRTServer; withResolver false leaves propose disabled
+// when opts has no resolver.
+func startRTServer(t testing.TB, opts *ServerOptions, withResolver bool) *rtServer {
 	t.Helper()
 	mgr := NewMemoryManager()
 	for _, id := range []string{"doc", "other"} {
@@ -61,6 +68,9 @@ func newRTServer(t testing.TB, opts *ServerOptions) *rtServer {
 		o = *opts
 		if o.Logger == nil {
 			o.Logger = quietLogger
+		}
+		if o.ResolveFunction == nil && withResolver {
+			o.ResolveFunction = IDFunctionResolver(mgr)
 		}
 	}
 	srv := NewServer(mgr, &o)
@@ -263,7 +273,7 @@ func TestProposeRefusals(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			opts := tc.opts
-			rs := newRTServer(t, &opts)
+			rs := startRTServer(t, &opts, false)
 			c := dialRT(t, rs.url, nil)
 			if tc.fn == "" {
 				// An empty functionId does not even decode: 4004.
@@ -380,7 +390,7 @@ func TestInvalidMessages(t *testing.T) {
 }
 
 func TestReplay(t *testing.T) {
-	rs := newRTServer(t, &ServerOptions{ResolveFunction: nil, ReplayBufferSize: 3})
+	rs := newRTServer(t, &ServerOptions{ReplayBufferSize: 3})
 	ctx := context.Background()
 	set, _ := rs.mgr.Function("doc", "set")
 	var ids []string

@@ -1,0 +1,317 @@
+package realtime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// chainChecker follows one subscription's frames and fails on any
+// transaction missed, repeated or out of order: each transaction's
+// previousTransactionId must be the one before it.
+type chainChecker struct {
+	cursor string // the last transaction id seen
+	live   int
+}
+
+// follow reads a subscription's frames: the state, then (with since) the
+// replayed transactions up to the state's cursor, then live transactions
+// until the cursor reaches final.
+func follow(t *testing.T, c *testClient, since string, hasSince bool, final func() string) error {
+	st := nextAs[*StateMessage](c)
+	if hasSince && since != st.LastTransactionID {
+		cur := since
+		for cur != st.LastTransactionID {
+			tx := nextAs[*TransactionMessage](c)
+			if !tx.Replayed || tx.CurrentState != nil {
+				return fmt.Errorf("expected a replayed frame, got %s", tx.AppendJSON(nil))
+			}
+			if tx.PreviousTransactionID != cur {
+				return fmt.Errorf("replay gap: %s follows %s, not %s", tx.TransactionID, tx.PreviousTransactionID, cur)
+			}
+			cur = tx.TransactionID
+		}
+	}
+	ch := chainChecker{cursor: st.LastTransactionID}
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if f := final(); f != "" && ch.cursor == f {
+			return nil
+		}
+		select {
+		case <-tick.C:
+			continue
+		case m, ok := <-c.msgs:
+			if !ok {
+				return fmt.Errorf("connection ended: %v", c.endErr())
+			}
+			tx, isTx := m.(*TransactionMessage)
+			if !isTx {
+				continue // proposal results of this connection
+			}
+			if tx.Replayed {
+				return fmt.Errorf("replayed frame after the live stream began: %s", tx.AppendJSON(nil))
+			}
+			if tx.PreviousTransactionID != ch.cursor {
+				return fmt.Errorf("live frame %s follows %q, but the subscriber's cursor is %q (missed or repeated)", tx.TransactionID, tx.PreviousTransactionID, ch.cursor)
+			}
+			ch.cursor = tx.TransactionID
+			ch.live++
+		case <-time.After(10 * time.Second):
+			return fmt.Errorf("stuck at %s after %d live frames", ch.cursor, ch.live)
+		}
+	}
+}
+
+// TestExactlyOnceInOrder: 4 proposers send 150 increments each over their
+// own connections while 12 subscribers join at staggered moments, some
+// with a since cursor taken mid-stream. Every subscriber must see every
+// transaction after its snapshot exactly once, in order, with no gap
+// between the state frame and the first live frame, and end at the final
+// state.
+func TestExactlyOnceInOrder(t *testing.T) {
+	rs := newRTServer(t, &ServerOptions{ReplayBufferSize: 1000})
+	const proposers, each, subscribers = 4, 150, 12
+	var finalID string
+	var finalMu sync.Mutex
+	final := func() string {
+		finalMu.Lock()
+		defer finalMu.Unlock()
+		return finalID
+	}
+	var cursorMu sync.Mutex
+	midCursor := ""
+
+	var wg sync.WaitGroup
+	errs := make(chan error, proposers+subscribers)
+	for s := 0; s < subscribers; s++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Duration(s) * 3 * time.Millisecond)
+			c := dialRT(t, rs.url, nil)
+			sub := &SubscribeMessage{ShareDataID: "doc"}
+			if s%3 == 2 {
+				cursorMu.Lock()
+				sub.Since, sub.HasSince = midCursor, midCursor != ""
+				cursorMu.Unlock()
+			}
+			c.send(sub)
+			if err := follow(t, c, sub.Since, sub.HasSince, final); err != nil {
+				errs <- fmt.Errorf("subscriber %d: %w", s, err)
+			}
+		}()
+	}
+	var pw sync.WaitGroup
+	for p := 0; p < proposers; p++ {
+		pw.Add(1)
+		go func() {
+			defer pw.Done()
+			c := dialRT(t, rs.url, nil)
+			for i := 0; i < each; i++ {
+				c.propose("doc", "increment", `{"by":1}`, fmt.Sprint(p, "-", i))
+				res := nextAs[*ProposalResultMessage](c)
+				if !res.Accepted {
+					errs <- fmt.Errorf("proposal refused: %s", res.Error)
+					return
+				}
+				if i == 20 && p == 0 {
+					cursorMu.Lock()
+					midCursor = res.TransactionID
+					cursorMu.Unlock()
+				}
+			}
+		}()
+	}
+	pw.Wait()
+	snap, _ := rs.mgr.Snapshot(context.Background(), "doc")
+	if string(snap.State) != fmt.Sprintf(`{"count":%d}`, proposers*each) {
+		t.Fatalf("final state %s", snap.State)
+	}
+	finalMu.Lock()
+	finalID = snap.LastTransactionID
+	finalMu.Unlock()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// TestSlowConsumer: a subscriber that stops reading is closed with 4001
+// once its queue passes the cap, while two fast subscribers receive every
+// one of 1,000 transactions of 8 KiB.
+func TestSlowConsumer(t *testing.T) {
+	rs := newRTServer(t, &ServerOptions{MaxBufferedBytes: 256 << 10})
+	slow := dialSlowRaw(t, rs)
+	fast := []*testClient{dialRT(t, rs.url, nil), dialRT(t, rs.url, nil)}
+	for _, c := range fast {
+		c.subscribe("doc")
+	}
+	set, _ := rs.mgr.Function("doc", "set")
+	big := `"` + strings.Repeat("x", 8<<10) + `"`
+	// Batches of 10 frames of 16 KiB (proposedData and currentState), each
+	// read by the fast subscribers before
+	// the next: they never hold more than the cap; the slow one does.
+	const n, batch = 1000, 10
+	for b := 0; b < n/batch; b++ {
+		for i := 0; i < batch; i++ {
+			if _, err := rs.mgr.Apply(context.Background(), "doc", set, json.RawMessage(big)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i, c := range fast {
+			for k := 0; k < batch; k++ {
+				if tx := nextAs[*TransactionMessage](c); len(tx.CurrentState) != len(big) {
+					t.Fatalf("fast subscriber %d: frame %d has a state of %d bytes", i, k, len(tx.CurrentState))
+				}
+			}
+		}
+	}
+	waitFor(t, func() bool { return rs.Stats().SlowConsumerCloses == 1 })
+	// Now the slow client reads: frames, then the close frame with 4001.
+	for {
+		f, err := slow.readFrame()
+		if err != nil {
+			t.Fatalf("slow client: %v before a close frame", err)
+		}
+		if f.op() == opClose {
+			if code := StatusCode(int(f.payload[0])<<8 | int(f.payload[1])); code != CloseFellBehind {
+				t.Fatalf("slow client closed with %s", code)
+			}
+			break
+		}
+	}
+	if s := rs.Stats(); s.SlowConsumerCloses != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// TestHeartbeat: a connection that never answers pings (a half-open
+// socket, as far as the server can tell) is closed within two intervals,
+// while a client that answers stays.
+func TestHeartbeat(t *testing.T) {
+	rs := newRTServer(t, &ServerOptions{HeartbeatInterval: 100 * time.Millisecond})
+	healthy := dialRT(t, rs.url, nil)
+	healthy.subscribe("doc")
+	silent := connectRaw(t, rs.hs)
+	start := time.Now()
+	pings := 0
+	for {
+		f, err := silent.readFrame()
+		if err != nil {
+			break // the server dropped the connection
+		}
+		if f.op() != opPing {
+			t.Fatalf("got %s frame", f.op())
+		}
+		pings++
+	}
+	if pings != 1 {
+		t.Fatalf("%d pings before the close, want 1", pings)
+	}
+	if waited := time.Since(start); waited < 150*time.Millisecond {
+		t.Fatalf("closed after %v, before the second interval", waited)
+	}
+	waitFor(t, func() bool { return rs.Stats().HeartbeatCloses == 1 })
+	time.Sleep(300 * time.Millisecond) // three more intervals
+	healthy.send(&PingMessage{CorrelationID: "still here"})
+	nextAs[*PongMessage](healthy)
+	if s := rs.Stats(); s.Connections != 1 || s.HeartbeatCloses != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestShutdown(t *testing.T) {
+	t.Run("drains queues then closes with 1001", func(t *testing.T) {
+		rs := newRTServer(t, nil)
+		c := dialRT(t, rs.url, nil)
+		c.subscribe("doc")
+		c.propose("doc", "increment", `{"by":1}`, "x")
+		nextAs[*TransactionMessage](c)
+		if err := rs.Shutdown(context.Background()); err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+		nextAs[*ProposalResultMessage](c) // queued before the close
+		c.expectClosed(CloseGoingAway, "shutting down")
+		_, resp, err := Dial(context.Background(), rs.url, nil)
+		var he *HandshakeError
+		if !errors.As(err, &he) || resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("dial after shutdown: %v", err)
+		}
+		if err := rs.Shutdown(context.Background()); !errors.Is(err, ErrServerClosed) {
+			t.Fatalf("second Shutdown: %v", err)
+		}
+	})
+	t.Run("service restart code", func(t *testing.T) {
+		rs := newRTServer(t, &ServerOptions{ShutdownCode: CloseServiceRestart})
+		c := dialRT(t, rs.url, nil)
+		c.subscribe("doc")
+		go rs.Shutdown(context.Background())
+		c.expectClosed(CloseServiceRestart, "")
+	})
+	t.Run("context ends first", func(t *testing.T) {
+		rs := newRTServer(t, nil)
+		raw := connectRaw(t, rs.hs) // never answers the close frame
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		if err := rs.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown: %v", err)
+		}
+		if f := raw.mustRead(); f.op() != opClose {
+			t.Fatalf("got %s", f.op())
+		}
+		raw.expectTCPClosed()
+		if s := rs.Stats(); s.Connections != 0 {
+			t.Fatalf("stats %+v", s)
+		}
+	})
+}
+
+// expiringAuth is an Authenticate value with an expiry.
+type expiringAuth struct{ exp time.Time }
+
+func (a expiringAuth) ExpiresAt() time.Time { return a.exp }
+
+func TestAuthenticateHook(t *testing.T) {
+	rs := newRTServer(t, &ServerOptions{
+		Authenticate: func(r *http.Request) (any, error) {
+			switch r.Header.Get("Authorization") {
+			case "Bearer good":
+				return "user", nil
+			case "Bearer short":
+				return expiringAuth{exp: time.Now().Add(200 * time.Millisecond)}, nil
+			}
+			return nil, &AuthError{Header: http.Header{"Www-Authenticate": {`Bearer error="invalid_token"`}}, Reason: "bad token"}
+		},
+	})
+	_, resp, err := Dial(context.Background(), rs.url, &DialOptions{Header: http.Header{"Authorization": {"Bearer bad"}}})
+	var he *HandshakeError
+	if !errors.As(err, &he) || he.StatusCode != 401 || !strings.Contains(string(he.Body), "bad token") || resp.Header.Get("WWW-Authenticate") != `Bearer error="invalid_token"` {
+		t.Fatalf("refused upgrade: %v", err)
+	}
+	good := dialRT(t, rs.url, http.Header{"Authorization": {"Bearer good"}})
+	good.subscribe("doc")
+	short := dialRT(t, rs.url, http.Header{"Authorization": {"Bearer short"}})
+	short.subscribe("doc")
+	short.expectClosed(CloseUnauthorized, "token expired")
+	good.send(&PingMessage{CorrelationID: "ok"})
+	nextAs[*PongMessage](good)
+}
+
+func TestMaxConnections(t *testing.T) {
+	rs := newRTServer(t, &ServerOptions{MaxConnections: 1})
+	c := dialRT(t, rs.url, nil)
+	c.subscribe("doc")
+	_, resp, err := Dial(context.Background(), rs.url, nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("second connection: %v", err)
+	}
+}
