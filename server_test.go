@@ -235,6 +235,10 @@ func TestSubscribeProposeAndFanOut(t *testing.T) {
 		t.Fatalf("subscribers got different frames")
 	}
 	b.propose("doc", "increment", `{"by":3}`, "c2")
+	nextAs[*TransactionMessage](b)
+	if res := nextAs[*ProposalResultMessage](b); !res.Accepted {
+		t.Fatalf("%s", res.AppendJSON(nil))
+	}
 	tx2 := nextAs[*TransactionMessage](a)
 	if tx2.PreviousTransactionID != tx.TransactionID || string(tx2.CurrentState) != `{"count":5}` {
 		t.Fatalf("second transaction %s", tx2.AppendJSON(nil))
