@@ -118,6 +118,7 @@ type Conn struct {
 	readErr error // sticky: once set, every read returns it
 	// idleRearm asks the next network read to restart the idle timeout.
 	idleRearm bool
+	waitErr   error // met by waitReadable, reported by the next read
 	rdl       ioDeadline
 
 	// Write side. msgSem is held for a whole data message, frameSem for

@@ -231,6 +231,10 @@ func (c *Conn) fill(n int) error {
 		c.rend = copy(c.rbuf, c.rbuf[c.rpos:c.rend])
 		c.rpos = 0
 	}
+	if err := c.waitErr; err != nil {
+		c.waitErr = nil
+		return err
+	}
 	c.rearmIdle()
 	for c.rend < n {
 		m, err := c.nc.Read(c.rbuf[c.rend:])
@@ -263,6 +267,10 @@ func (c *Conn) readFull(p []byte) error {
 		}
 		c.rpos += copy(p, c.rbuf[c.rpos:c.rend])
 		return nil
+	}
+	if err := c.waitErr; err != nil {
+		c.waitErr = nil
+		return err
 	}
 	c.rearmIdle()
 	_, err := io.ReadFull(c.nc, p)
@@ -312,4 +320,30 @@ func (c *Conn) readFailed(ctx context.Context, err error) error {
 	}
 	c.closeTCP(&CloseError{Code: CloseAbnormalClosure, Reason: err.Error()})
 	return fmt.Errorf("websocket: read: %w", err)
+}
+
+// buffered returns the number of bytes read from the network and not yet
+// consumed by ReadInto.
+func (c *Conn) buffered() int {
+	c.readMu.Lock()
+	defer c.readMu.Unlock()
+	return c.rend - c.rpos
+}
+
+// waitReadable blocks until some bytes are buffered, reading them from the
+// network with as few stack frames as possible. An error is kept for the
+// next ReadInto to report.
+func (c *Conn) waitReadable() {
+	c.readMu.Lock()
+	defer c.readMu.Unlock()
+	if c.rend > c.rpos || c.readErr != nil {
+		return
+	}
+	c.rpos, c.rend = 0, 0
+	if !c.closeSent.Load() {
+		c.rdl.extend(c.opts.IdleTimeout)
+	}
+	n, err := c.nc.Read(c.rbuf)
+	c.rend = n
+	c.waitErr = err
 }

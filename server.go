@@ -85,7 +85,8 @@ type ServerOptions struct {
 
 	// Accept configures the WebSocket handshake and connection: origin
 	// patterns, subprotocols, the read limit (64 KiB by default) and
-	// timeouts. Its IdleTimeout defaults to twice the heartbeat interval.
+	// timeouts. Its IdleTimeout defaults to three heartbeat intervals, so
+	// the heartbeat, which closes a silent peer within two, acts first.
 	Accept AcceptOptions
 
 	// Logger receives the server's logs: connection events at Debug,
@@ -128,6 +129,8 @@ type Server struct {
 
 	unlisten func()
 	detachFn func()
+	ctx      context.Context // handed to hooks; canceled when Shutdown ends
+	cancel   context.CancelFunc
 
 	mu       sync.RWMutex
 	topics   map[string]*topic
@@ -186,7 +189,7 @@ func NewServer(m Manager, opts *ServerOptions) *Server {
 		o.ShutdownCode = CloseGoingAway
 	}
 	if o.Accept.IdleTimeout == 0 && o.HeartbeatInterval > 0 {
-		o.Accept.IdleTimeout = 2 * o.HeartbeatInterval
+		o.Accept.IdleTimeout = 3 * o.HeartbeatInterval // the heartbeat acts first
 	}
 	s.log = o.Logger
 	if s.log == nil {
@@ -200,6 +203,7 @@ func NewServer(m Manager, opts *ServerOptions) *Server {
 	if s.reg == nil {
 		s.reg = NewMemoryRegistry()
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.detachFn = s.reg.Attach(s.deliver)
 	s.unlisten = m.Listen(s.publish)
 	return s
@@ -248,12 +252,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.log.Debug("realtime: handshake failed", "remote", r.RemoteAddr, "err", err)
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	sess := &session{srv: s, conn: conn, auth: auth, ctx: ctx, cancel: cancel, subs: make(map[string]*subscription)}
+	sess := &session{srv: s, conn: conn, auth: auth, ctx: s.ctx}
+	sess.writeFn = sess.writeLoop
+	sess.readFn = sess.readLoop
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		cancel()
 		conn.Close(s.opts.ShutdownCode, "server shutting down")
 		return
 	}
@@ -479,5 +483,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.unlisten()
 	s.detachFn()
+	s.cancel()
 	return err
 }

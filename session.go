@@ -33,12 +33,13 @@ const (
 const maxWriteBatch = 64 << 10
 
 type session struct {
-	srv    *Server
-	conn   *Conn
-	auth   any
-	ctx    context.Context // ends with the connection
-	cancel context.CancelFunc
-	expiry *time.Timer
+	srv     *Server
+	conn    *Conn
+	auth    any
+	ctx     context.Context // the server's: ends when it shuts down
+	writeFn func()          // s.writeLoop, made once
+	readFn  func()          // s.readLoop, made once
+	expiry  *time.Timer
 
 	mu      sync.Mutex
 	queue   [][]byte // frames accepted, not yet taken by the writer
@@ -49,7 +50,7 @@ type session struct {
 	// closeCode is sent by the writer once the queue is drained (0: none).
 	closeCode   StatusCode
 	closeReason string
-	subs        map[string]*subscription
+	subs        subList
 
 	// Heartbeat state, touched only by the heartbeat goroutine.
 	pinged    bool
@@ -83,7 +84,7 @@ func (s *session) startWriterLocked() {
 	if !s.writing {
 		s.writing = true
 		s.srv.wg.Add(1)
-		go s.writeLoop()
+		go s.writeFn() // a stored func value: starting it allocates nothing
 	}
 }
 
@@ -182,23 +183,33 @@ func (s *session) writeBatch(frames [][]byte) (int, error) {
 // forget drops a subscription that ended (its share data was removed).
 func (s *session) forget(sub *subscription) {
 	s.mu.Lock()
-	if s.subs[sub.topic.id] == sub {
-		delete(s.subs, sub.topic.id)
-	}
+	s.subs.remove(sub)
 	s.mu.Unlock()
 	s.srv.stats.subscriptions.Add(-1)
 }
 
-// readLoop reads and dispatches the client's messages until the
-// connection ends, then releases everything the session holds.
+// readLoop serves the client's messages until the connection ends. It
+// first waits for bytes with as shallow a stack as it can: an idle
+// connection's only goroutine is this wait, so its stack is what an idle
+// connection costs.
 func (s *session) readLoop() {
 	defer s.srv.wg.Done()
-	defer s.cleanup()
+	s.conn.waitReadable()
+	s.serve()
+}
+
+// serve reads and dispatches messages. Handling a message grows the
+// goroutine's stack, and a grown stack stays with the goroutine while it
+// waits for the next message; so when nothing more is buffered, serve hands
+// the wait over to a fresh goroutine and returns. When the connection ends
+// it releases everything the session holds.
+func (s *session) serve() {
 	var buf []byte
 	for {
 		typ, msg, err := s.conn.ReadInto(context.Background(), buf)
 		if err != nil {
 			s.srv.log.Debug("realtime: connection ended", "remote", s.conn.RemoteAddr().String(), "err", err)
+			s.cleanup()
 			return
 		}
 		buf = msg
@@ -218,8 +229,10 @@ func (s *session) readLoop() {
 			continue
 		}
 		s.dispatch(m)
-		if cap(buf) > 4<<10 {
-			buf = nil // do not keep a large buffer for an idle connection
+		if s.conn.buffered() == 0 {
+			s.srv.wg.Add(1)
+			go s.readFn()
+			return
 		}
 	}
 }
@@ -251,7 +264,7 @@ func (s *session) subscribe(m *SubscribeMessage) {
 		}
 	}
 	s.mu.Lock()
-	old := s.subs[id]
+	old := s.subs.find(id)
 	if old == nil && len(s.subs) >= srv.opts.MaxSubscriptionsPerConnection {
 		s.mu.Unlock()
 		s.send(&ErrorMessage{Code: ErrCodeTooManySubscriptions,
@@ -305,7 +318,7 @@ func (s *session) subscribe(m *SubscribeMessage) {
 	pending := sub.pending
 	sub.pending = nil
 	s.mu.Lock()
-	s.subs[id] = sub
+	s.subs = append(s.subs, sub)
 	s.mu.Unlock()
 	srv.stats.subscriptions.Add(1)
 	for _, p := range pending {
@@ -320,8 +333,8 @@ func (s *session) subscribe(m *SubscribeMessage) {
 // ignored.
 func (s *session) unsubscribe(id string) {
 	s.mu.Lock()
-	sub := s.subs[id]
-	delete(s.subs, id)
+	sub := s.subs.find(id)
+	s.subs.remove(sub)
 	s.mu.Unlock()
 	if sub != nil {
 		s.srv.detach(sub)
@@ -362,7 +375,6 @@ func (s *session) propose(m *ProposeMessage) {
 // cleanup releases the session once its connection ended.
 func (s *session) cleanup() {
 	s.conn.CloseNow()
-	s.cancel()
 	if s.expiry != nil {
 		s.expiry.Stop()
 	}
@@ -383,4 +395,30 @@ func (s *session) cleanup() {
 // logAttrs describes the session in log lines.
 func (s *session) logAttrs() slog.Attr {
 	return slog.String("remote", s.conn.RemoteAddr().String())
+}
+
+// subList is a connection's subscriptions, searched linearly: for the few
+// a connection usually holds (at most MaxSubscriptionsPerConnection), a
+// slice costs less memory than a map.
+type subList []*subscription
+
+func (l subList) find(id string) *subscription {
+	for _, sub := range l {
+		if sub.topic.id == id {
+			return sub
+		}
+	}
+	return nil
+}
+
+func (l *subList) remove(sub *subscription) {
+	for i, x := range *l {
+		if x == sub {
+			last := len(*l) - 1
+			(*l)[i] = (*l)[last]
+			(*l)[last] = nil
+			*l = (*l)[:last]
+			return
+		}
+	}
 }

@@ -1,0 +1,276 @@
+//go:build unix
+
+package realtime
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The server benchmarks deliver transactions to 1,000 and 10,000
+// subscriber connections over loopback, and compare with a bare baseline
+// measured in the same harness: a writer goroutine per connection that
+// sends pre-encoded frames, every queued frame in one writev per wake-up.
+
+// fanOutHarness runs the broadcast loop shared by both contenders:
+// broadcast is called b.N times in bursts, and after each burst the
+// harness waits until the swarm's subscribers have read every frame. It
+// reports wall time and this process's CPU time (the server's alone: the
+// clients are in the swarm's process) per delivered frame, and the
+// allocations per delivered frame.
+func fanOutHarness(b *testing.B, subs int, sw *swarm, frameLen int, broadcast func(i int)) {
+	base := sw.delivered()
+	burst := max(1, 20_000/subs) // about 20,000 deliveries a burst
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	cpu0 := cpuTime()
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; {
+		n := min(burst, b.N-i)
+		for k := 0; k < n; k++ {
+			broadcast(i + k)
+		}
+		i += n
+		want := base + int64(i)*int64(subs)
+		for sw.delivered() < want {
+		}
+	}
+	elapsed := time.Since(start)
+	cpu := cpuTime() - cpu0
+	b.StopTimer()
+	runtime.ReadMemStats(&m1)
+	deliveries := float64(b.N) * float64(subs)
+	b.ReportMetric(float64(elapsed.Nanoseconds())/deliveries, "ns/delivery")
+	b.ReportMetric(float64(cpu.Nanoseconds())/deliveries, "server-cpu-ns/delivery")
+	b.ReportMetric(deliveries/elapsed.Seconds(), "deliveries/s")
+	b.ReportMetric(float64(m1.Mallocs-m0.Mallocs)/deliveries, "allocs/delivery")
+	b.ReportMetric(float64(m1.Mallocs-m0.Mallocs)/float64(b.N), "allocs/tx")
+	b.ReportMetric(float64(frameLen), "B/delivery")
+}
+
+// cpuTime is the user and system CPU time of this process.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// benchState is a fixed-size state, so every frame has the same length.
+func benchState(i int) json.RawMessage {
+	return json.RawMessage(fmt.Sprintf(`{"count":"%012d"}`, i))
+}
+
+func BenchmarkFanOut(b *testing.B) {
+	for _, subs := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("realtime/subs=%d", subs), func(b *testing.B) { benchFanOutRealtime(b, subs) })
+		b.Run(fmt.Sprintf("baseline/subs=%d", subs), func(b *testing.B) { benchFanOutBaseline(b, subs) })
+	}
+}
+
+func benchFanOutRealtime(b *testing.B, subs int) {
+	mgr := NewMemoryManager()
+	set := Function{ID: "set", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) { return p, nil }}
+	mgr.Create("doc", benchState(0), set)
+	srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1, Logger: quietLogger})
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	defer srv.Shutdown(context.Background())
+	sw := startSwarm(b, hs.Listener.Addr().String(), subs, true)
+	defer sw.stop()
+	tx, _ := mgr.Apply(context.Background(), "doc", set, benchState(1))
+	frameLen := len(appendServerFrame(nil, (&TransactionMessage{ShareDataID: "doc", TransactionID: tx.ID, PreviousTransactionID: tx.ID,
+		FunctionID: "set", ProposedData: tx.ProposedData, CurrentState: tx.State}).AppendJSON(nil)))
+	ctx := context.Background()
+	fanOutHarness(b, subs, sw, frameLen, func(i int) {
+		if _, err := mgr.Apply(ctx, "doc", set, benchState(i)); err != nil {
+			b.Fatal(err)
+		}
+	})
+}
+
+// baselineConn is the bare baseline's connection: a queue of pre-encoded
+// frames and a writer goroutine woken per broadcast.
+type baselineConn struct {
+	nc    net.Conn
+	mu    sync.Mutex
+	queue [][]byte
+	spare [][]byte
+	wake  chan struct{}
+}
+
+func (c *baselineConn) writer(wg *sync.WaitGroup) {
+	defer wg.Done()
+	for range c.wake {
+		c.mu.Lock()
+		batch := c.queue
+		c.queue, c.spare = c.spare[:0], nil
+		c.mu.Unlock()
+		bufs := net.Buffers(batch)
+		if _, err := bufs.WriteTo(c.nc); err != nil {
+			return
+		}
+		clear(batch)
+		c.mu.Lock()
+		c.spare = batch[:0]
+		c.mu.Unlock()
+	}
+}
+
+func benchFanOutBaseline(b *testing.B, subs int) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	var conns []*baselineConn
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	accepted := make(chan struct{}, subs)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			br := bufio.NewReader(nc)
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				nc.Close()
+				continue
+			}
+			io.WriteString(nc, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "+acceptKey(req.Header.Get("Sec-WebSocket-Key"))+"\r\n\r\n")
+			c := &baselineConn{nc: nc, wake: make(chan struct{}, 1)}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go c.writer(&wg)
+			accepted <- struct{}{}
+		}
+	}()
+	sw := startSwarm(b, ln.Addr().String(), subs, false)
+	defer sw.stop()
+	for i := 0; i < subs; i++ {
+		<-accepted
+	}
+	tx := func(i int) []byte {
+		return appendServerFrame(nil, (&TransactionMessage{ShareDataID: "doc", TransactionID: "KJE3F10F8S3P9APR-" + strconv.FormatInt(int64(i), 36),
+			PreviousTransactionID: "KJE3F10F8S3P9APR-" + strconv.FormatInt(int64(i-1), 36), FunctionID: "set", ProposedData: benchState(i), CurrentState: benchState(i)}).AppendJSON(nil))
+	}
+	fanOutHarness(b, subs, sw, len(tx(2)), func(i int) {
+		f := tx(i)
+		for _, c := range conns {
+			c.mu.Lock()
+			c.queue = append(c.queue, f)
+			c.mu.Unlock()
+			select {
+			case c.wake <- struct{}{}:
+			default:
+			}
+		}
+	})
+	ln.Close()
+	for _, c := range conns {
+		close(c.wake)
+		c.nc.Close()
+	}
+	wg.Wait()
+}
+
+// BenchmarkIdleConnectionMemory reports the memory the server process
+// holds per idle subscribed connection ("B/conn": heap in use plus
+// goroutine stacks, after garbage collection, with 2,000 connections from a
+// client swarm, divided by 2,000), and for reference the same for bare TCP
+// connections that completed the handshake and are held by the accepting
+// server ("bare-B/conn").
+func BenchmarkIdleConnectionMemory(b *testing.B) {
+	const n = 2000
+	for i := 0; i < b.N; i++ {
+		bare := measureConns(b, n, func() (string, func()) {
+			ln, _ := net.Listen("tcp", "127.0.0.1:0")
+			var held []net.Conn
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for {
+					nc, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					br := bufio.NewReader(nc)
+					req, _ := http.ReadRequest(br)
+					io.WriteString(nc, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "+acceptKey(req.Header.Get("Sec-WebSocket-Key"))+"\r\n\r\n")
+					held = append(held, nc)
+				}
+			}()
+			return ln.Addr().String(), func() {
+				ln.Close()
+				<-done
+				for _, c := range held {
+					c.Close()
+				}
+			}
+		}, false)
+		ours := measureConns(b, n, func() (string, func()) {
+			mgr := NewMemoryManager()
+			mgr.Create("doc", json.RawMessage(`{"count":0}`))
+			srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1, Logger: quietLogger})
+			hs := httptest.NewServer(srv)
+			return hs.Listener.Addr().String(), func() {
+				srv.Shutdown(context.Background())
+				hs.Close()
+			}
+		}, true)
+		b.ReportMetric(ours.total()/n, "B/conn")
+		b.ReportMetric(ours.stack/n, "stack-B/conn")
+		b.ReportMetric(bare.total()/n, "bare-B/conn")
+	}
+}
+
+type memUse struct{ heap, stack float64 }
+
+func (m memUse) total() float64 { return m.heap + m.stack }
+
+// measureConns returns the heap and stack bytes this process uses with n
+// swarm connections to the server that start makes, minus those before.
+func measureConns(b *testing.B, n int, start func() (string, func()), subscribe bool) memUse {
+	inUse := func() memUse {
+		for i := 0; i < 3; i++ {
+			runtime.GC()
+			time.Sleep(50 * time.Millisecond)
+		}
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return memUse{float64(m.HeapInuse), float64(m.StackInuse)}
+	}
+	before := inUse()
+	addr, stop := start()
+	sw := startSwarm(b, addr, n, subscribe)
+	after := inUse()
+	if f := os.Getenv("REALTIME_BENCH_HEAPPROFILE"); f != "" && subscribe {
+		out, _ := os.Create(f)
+		pprof.WriteHeapProfile(out)
+		out.Close()
+	}
+	sw.stop()
+	stop()
+	return memUse{after.heap - before.heap, after.stack - before.stack}
+}

@@ -1,0 +1,177 @@
+package realtime
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// A client swarm is a second process (this test binary, started with
+// swarmEnv set) that holds many subscriber connections to a server under
+// benchmark and counts the frames they read. Keeping the clients out of the
+// benchmark's process leaves its CPU time and memory to the server alone,
+// and gives each process its own file descriptor limit.
+
+const swarmEnv = "REALTIME_BENCH_SWARM" // "addr n subscribe(0|1)"
+
+// swarm is the parent's handle on a client swarm.
+type swarm struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Reader
+}
+
+// startSwarm starts a swarm of n clients connected to addr, subscribed to
+// "doc" when subscribe is set, and returns when all are connected.
+func startSwarm(tb testing.TB, addr string, n int, subscribe bool) *swarm {
+	tb.Helper()
+	sub := "0"
+	if subscribe {
+		sub = "1"
+	}
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), swarmEnv+"="+addr+" "+strconv.Itoa(n)+" "+sub)
+	cmd.Stderr = os.Stderr
+	in, _ := cmd.StdinPipe()
+	outPipe, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	s := &swarm{cmd: cmd, in: in, out: bufio.NewReader(outPipe)}
+	line, err := s.out.ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ready" {
+		s.stop()
+		tb.Fatalf("swarm did not start: %q %v", line, err)
+	}
+	return s
+}
+
+// delivered asks the swarm how many frames its clients have read.
+func (s *swarm) delivered() int64 {
+	io.WriteString(s.in, "?\n")
+	line, err := s.out.ReadString('\n')
+	if err != nil {
+		return -1
+	}
+	n, _ := strconv.ParseInt(strings.TrimSpace(line), 10, 64)
+	return n
+}
+
+// stop ends the swarm, closing its connections.
+func (s *swarm) stop() {
+	s.in.Close()
+	done := make(chan struct{})
+	go func() { s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		s.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// runSwarm is the swarm process's main: connect, report "ready", answer
+// each "?" with the count of frames read, exit when stdin closes.
+func runSwarm() int {
+	f := strings.Fields(os.Getenv(swarmEnv))
+	if len(f) != 3 {
+		fmt.Fprintln(os.Stderr, "swarm: bad", swarmEnv)
+		return 2
+	}
+	addr, subscribe := f[0], f[2] == "1"
+	n, _ := strconv.Atoi(f[1])
+	var delivered atomic.Int64
+	var wg sync.WaitGroup
+	conns := make([]net.Conn, 0, n)
+	for i := 0; i < n; i++ {
+		nc, br, err := swarmDial(addr, subscribe)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "swarm:", err)
+			return 1
+		}
+		conns = append(conns, nc)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				if err := skipFrame(br); err != nil {
+					return
+				}
+				delivered.Add(1)
+			}
+		}()
+	}
+	fmt.Println("ready")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		fmt.Println(delivered.Load())
+	}
+	for _, nc := range conns {
+		nc.Close()
+	}
+	wg.Wait()
+	return 0
+}
+
+func swarmDial(addr string, subscribe bool) (net.Conn, *bufio.Reader, error) {
+	var nc net.Conn
+	var err error
+	for try := 0; try < 100; try++ {
+		if nc, err = net.Dial("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // listen backlog full
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := nc.Write([]byte(handshakeRequest(addr))); err != nil {
+		return nil, nil, err
+	}
+	br := bufio.NewReaderSize(nc, 1024)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 {
+		return nil, nil, fmt.Errorf("handshake: %v", err)
+	}
+	if subscribe {
+		nc.Write(frame(fText, true, (&SubscribeMessage{ShareDataID: "doc"}).AppendJSON(nil)))
+		if err := skipFrame(br); err != nil { // the state frame
+			return nil, nil, err
+		}
+	}
+	return nc, br, nil
+}
+
+// skipFrame reads one unmasked frame and discards its payload.
+func skipFrame(br *bufio.Reader) error {
+	var h [10]byte
+	if _, err := io.ReadFull(br, h[:2]); err != nil {
+		return err
+	}
+	n := int(h[1] & 0x7f)
+	switch n {
+	case 126:
+		if _, err := io.ReadFull(br, h[2:4]); err != nil {
+			return err
+		}
+		n = int(binary.BigEndian.Uint16(h[2:4]))
+	case 127:
+		if _, err := io.ReadFull(br, h[2:10]); err != nil {
+			return err
+		}
+		n = int(binary.BigEndian.Uint64(h[2:10]))
+	}
+	_, err := br.Discard(n)
+	return err
+}
