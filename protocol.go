@@ -16,6 +16,10 @@ import (
 // type, optional fields left out when empty. A server frame can therefore be
 // encoded once and the same bytes sent to every subscriber.
 
+// Subprotocol is the WebSocket subprotocol name of the realtime protocol.
+// A Server selects it when the client offers it (clients need not).
+const Subprotocol = "realtime.v1"
+
 // ProtocolVersion is the value of the "v" field of every message.
 const ProtocolVersion = 1
 

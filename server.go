@@ -84,7 +84,8 @@ type ServerOptions struct {
 	ShutdownCode StatusCode
 
 	// Accept configures the WebSocket handshake and connection: origin
-	// patterns, subprotocols, the read limit (64 KiB by default) and
+	// patterns, subprotocols ("realtime.v1" when empty), the read limit
+	// (64 KiB by default) and
 	// timeouts. Its IdleTimeout defaults to three heartbeat intervals, so
 	// the heartbeat, which closes a silent peer within two, acts first.
 	Accept AcceptOptions
@@ -187,6 +188,9 @@ func NewServer(m Manager, opts *ServerOptions) *Server {
 	}
 	if o.ShutdownCode == 0 {
 		o.ShutdownCode = CloseGoingAway
+	}
+	if len(o.Accept.Subprotocols) == 0 {
+		o.Accept.Subprotocols = []string{Subprotocol}
 	}
 	if o.Accept.IdleTimeout == 0 && o.HeartbeatInterval > 0 {
 		o.Accept.IdleTimeout = 3 * o.HeartbeatInterval // the heartbeat acts first
