@@ -166,11 +166,12 @@ func TestConformancePingPong(t *testing.T) {
 	})
 }
 
-// testPongDuringLargeWrite has the server write a 16 MiB message to a
-// client that does not read, so the write blocks on TCP flow control; a
-// ping sent meanwhile must be answered before the message ends.
+// testPongDuringLargeWrite has the server write a 32 MiB message to a
+// client that does not read, so the write blocks on TCP flow control (the
+// socket buffers hold at most about 10 MiB); a ping sent meanwhile must be
+// answered before the message ends.
 func testPongDuringLargeWrite(t *testing.T) {
-	const size = 16 << 20
+	const size = 32 << 20
 	srv := testServer(t, func(w http.ResponseWriter, r *http.Request) {
 		c, err := Accept(w, r, nil)
 		if err != nil {
@@ -196,6 +197,7 @@ func testPongDuringLargeWrite(t *testing.T) {
 		t.Fatalf("first frame 0x%02x", f.b0)
 	}
 	rc.send(fPing, []byte("while writing"))
+	time.Sleep(100 * time.Millisecond) // not reading: the server's write stays blocked
 	read := len(f.payload)
 	for {
 		f = rc.mustRead()
