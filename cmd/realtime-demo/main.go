@@ -1,0 +1,102 @@
+// Command realtime-demo serves the realtime demo: a web page at / and the
+// realtime endpoint at /realtime, over an in-memory manager holding the
+// share data "demo" and "board".
+//
+//	go run ./cmd/realtime-demo            # serve on 127.0.0.1:8080
+//	go run ./cmd/realtime-demo -loopback  # walk a Go client through the protocol and exit
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/degenerate/realtime"
+	"github.com/degenerate/realtime/internal/demo"
+)
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:8080", "address to serve on")
+	loopback := flag.Bool("loopback", false, "run a server and a Go client through the whole protocol, print what happens and exit (0 when every step behaved)")
+	heartbeat := flag.Duration("heartbeat", realtime.DefaultHeartbeatInterval, "heartbeat interval (negative disables)")
+	replayWindow := flag.Int("replay-window", realtime.DefaultReplayBufferSize, "transactions retained per share data for replay")
+	sendBuffer := flag.Int("send-buffer", realtime.DefaultMaxBufferedBytes, "send-buffer cap per connection, in bytes (past it: close 4001)")
+	readLimit := flag.Int64("read-limit", realtime.DefaultReadLimit, "largest client message, in bytes (past it: close 1009)")
+	jwtSecret := flag.String("jwt-secret", "", "turn on the JWT bridge with this HMAC (HS256) secret; clients need a token with aud SHAREDATA")
+	jwtIssuer := flag.String("jwt-issuer", "realtime-demo", "the issuer (iss) trusted with -jwt-secret")
+	flag.Parse()
+
+	if *loopback {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := demo.Loopback(ctx, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stdout, "FAIL  "+err.Error())
+			os.Exit(1)
+		}
+		fmt.Println("PASS  every step behaved as the protocol says")
+		return
+	}
+
+	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	mgr := demo.NewManager()
+	opts := &realtime.ServerOptions{
+		ResolveFunction:   realtime.IDFunctionResolver(mgr),
+		HeartbeatInterval: *heartbeat,
+		ReplayBufferSize:  *replayWindow,
+		MaxBufferedBytes:  *sendBuffer,
+		Accept:            realtime.AcceptOptions{ConnOptions: realtime.ConnOptions{ReadLimit: *readLimit}},
+		Logger:            logger,
+	}
+	if *jwtSecret != "" {
+		auth, err := realtime.NewJWTAuthenticator(realtime.JWTOptions{Authorities: []realtime.Authority{{
+			Issuer: *jwtIssuer, Keys: []realtime.VerificationKey{{Key: []byte(*jwtSecret), Algorithms: []string{"HS256"}}},
+		}}})
+		if err != nil {
+			logger.Error("JWT bridge", "err", err)
+			os.Exit(2)
+		}
+		opts.Authenticate = auth
+		opts.AuthorizeSubscribe = realtime.ShareDataAudienceAuthorizer
+	}
+	srv := realtime.NewServer(mgr, opts)
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		logger.Error("listen", "err", err)
+		os.Exit(1)
+	}
+	hs := &http.Server{Handler: demo.Handler(srv), ReadHeaderTimeout: 10 * time.Second}
+	fmt.Printf("realtime demo: open http://%s/ (realtime endpoint ws://%s/realtime)\n", ln.Addr(), ln.Addr())
+	if *jwtSecret != "" {
+		tok := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+			"iss": *jwtIssuer, "sub": "demo-user", "aud": realtime.AudienceShareData, "exp": time.Now().Add(time.Hour).Unix(),
+		})
+		signed, _ := tok.SignedString([]byte(*jwtSecret))
+		fmt.Printf("JWT bridge on: a token valid for an hour: http://%s/?token=%s\n", ln.Addr(), signed)
+	} else {
+		fmt.Println("no authentication: anyone who can reach this address can connect")
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		hs.Shutdown(sctx)
+	}()
+	if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		logger.Error("serve", "err", err)
+		os.Exit(1)
+	}
+}

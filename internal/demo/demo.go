@@ -1,0 +1,107 @@
+// Package demo is the realtime demo: its share data, its web page and its
+// loopback walk through the protocol. cmd/realtime-demo serves it; the
+// browser tests drive it.
+package demo
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/degenerate/realtime"
+)
+
+//go:embed index.html
+var indexHTML []byte
+
+// Board limits.
+const (
+	MaxBoardItems = 50
+	MaxItemLength = 200
+)
+
+// NewManager returns a manager holding the demo's share data:
+//
+//   - "demo", state {"count":0}, with function "set" (the state becomes
+//     proposedData, any JSON value) and "increment" (adds proposedData's
+//     "by" to the state's "count");
+//   - "board", state {"items":[]}, a shared list, with function "add"
+//     (proposedData {"text": "..."} appends an item, keeping the last 50)
+//     and "clear".
+func NewManager() *realtime.MemoryManager {
+	m := realtime.NewMemoryManager()
+	m.Create("demo", json.RawMessage(`{"count":0}`), Set, Increment)
+	m.Create("board", json.RawMessage(`{"items":[]}`), Add, Clear)
+	return m
+}
+
+// Set makes proposedData the state.
+var Set = realtime.Function{ID: "set", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) {
+	return p, nil
+}}
+
+// Increment adds proposedData's "by" (a number) to the state's "count",
+// keeping the state's other fields when it is an object.
+var Increment = realtime.Function{ID: "increment", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) {
+	var by struct {
+		By *float64 `json:"by"`
+	}
+	if err := json.Unmarshal(p, &by); err != nil || by.By == nil {
+		return nil, errors.New(`proposedData must be {"by": <number>}`)
+	}
+	state := map[string]any{}
+	if err := json.Unmarshal(cur, &state); err != nil || state == nil {
+		state = map[string]any{}
+	}
+	count, _ := state["count"].(float64)
+	state["count"] = count + *by.By
+	return json.Marshal(state)
+}}
+
+type board struct {
+	Items []item `json:"items"`
+}
+
+type item struct {
+	Text string `json:"text"`
+}
+
+// Add appends proposedData's "text" (1 to 200 characters) to the board.
+var Add = realtime.Function{ID: "add", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) {
+	var in item
+	if err := json.Unmarshal(p, &in); err != nil {
+		return nil, errors.New(`proposedData must be {"text": "..."}`)
+	}
+	in.Text = strings.TrimSpace(in.Text)
+	if in.Text == "" || utf8.RuneCountInString(in.Text) > MaxItemLength {
+		return nil, errors.New("text must be 1 to 200 characters")
+	}
+	var b board
+	json.Unmarshal(cur, &b)
+	b.Items = append(b.Items, in)
+	if len(b.Items) > MaxBoardItems {
+		b.Items = b.Items[len(b.Items)-MaxBoardItems:]
+	}
+	return json.Marshal(b)
+}}
+
+// Clear empties the board.
+var Clear = realtime.Function{ID: "clear", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) {
+	return json.RawMessage(`{"items":[]}`), nil
+}}
+
+// Handler serves the page at / and the realtime endpoint at /realtime.
+func Handler(srv http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/realtime", srv)
+	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Write(indexHTML)
+	})
+	return mux
+}
