@@ -5,6 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# The browser tests (browsertest/) drive Debian's chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+	echo "=== installing Debian's chromium for the browser tests"
+	SUDO=""
+	if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+	$SUDO apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 modules=$(find . -name go.mod -not -path './.git/*' -exec dirname {} \; | sort)
 status=0
 for m in $modules; do

@@ -1,0 +1,216 @@
+// Package browsertest drives the demo page in real headless Chromium
+// (Debian's chromium package, which the repository's test command
+// installs when it is missing). It is a module of its own so that the root
+// module does not depend on chromedp.
+package browsertest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/degenerate/realtime"
+	"github.com/degenerate/realtime/internal/demo"
+)
+
+// demoServer serves the demo on a fixed address and can be restarted: a
+// new realtime.Server and listener over the same manager.
+type demoServer struct {
+	t    *testing.T
+	mgr  *realtime.MemoryManager
+	addr string
+	mu   sync.Mutex
+	srv  *realtime.Server
+	hs   *http.Server
+}
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func (d *demoServer) newServer() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.srv = realtime.NewServer(d.mgr, &realtime.ServerOptions{ResolveFunction: realtime.IDFunctionResolver(d.mgr), Logger: quiet})
+}
+
+func (d *demoServer) listen() {
+	addr := d.addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	var ln net.Listener
+	var err error
+	for i := 0; i < 100; i++ {
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.addr = ln.Addr().String()
+	d.mu.Lock()
+	d.hs = &http.Server{Handler: demo.Handler(d.srv)}
+	hs := d.hs
+	d.mu.Unlock()
+	go hs.Serve(ln)
+}
+
+func (d *demoServer) stop() {
+	d.mu.Lock()
+	srv, hs := d.srv, d.hs
+	d.hs = nil
+	d.mu.Unlock()
+	if hs == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(ctx)
+	hs.Close()
+}
+
+// chromium finds the browser; the test command installs Debian's package.
+func chromium(t *testing.T) string {
+	for _, p := range []string{os.Getenv("CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser"} {
+		if p == "" {
+			continue
+		}
+		if _, err := exec.LookPath(p); err == nil {
+			return p
+		}
+	}
+	t.Fatal("chromium is not installed: run the repository's test command (./test.sh), which installs Debian's chromium")
+	return ""
+}
+
+// id selects the element with an id. chromedp's plain-string selectors
+// are searches that also match page text (a stylesheet's "#items", say), so
+// the tests name elements by an XPath that appears nowhere in the page.
+func id(name string) string { return fmt.Sprintf(`//*[@id=%q]`, name) }
+
+// waitText polls the text of sel in a tab until it equals want.
+func waitText(t *testing.T, tab context.Context, name, sel, want string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	var got string
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(tab, 2*time.Second)
+		text, err := chromedp.Run(ctx, chromedp.Text(sel))
+		cancel()
+		got = text
+		if err == nil && strings.TrimSpace(got) == want {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: %s shows %q, want %q", name, sel, got, want)
+}
+
+func evalInt(t *testing.T, tab context.Context, js string) int {
+	t.Helper()
+	n, err := chromedp.Run(tab, chromedp.Evaluate[int](js))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestDemoPageInChromium opens the demo page in two tabs: a change
+// proposed in one appears in the other; after the server restarts, with
+// transactions applied while it was down, both pages catch up, the missed
+// transactions arriving replayed.
+func TestDemoPageInChromium(t *testing.T) {
+	d := &demoServer{t: t, mgr: demo.NewManager()}
+	d.newServer()
+	d.listen()
+	defer d.stop()
+	url := "http://" + d.addr + "/"
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium(t)),
+		chromedp.NoSandbox, // root in CI
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()),
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
+	defer cancelAlloc()
+	tab1, cancel1 := chromedp.NewContext(allocCtx)
+	defer cancel1()
+	if err := chromedp.Do(tab1, chromedp.Navigate(url)); err != nil {
+		t.Fatalf("open the page: %v", err)
+	}
+	tab2, cancel2 := chromedp.NewContext(tab1) // a second tab of the same browser
+	defer cancel2()
+	if err := chromedp.Do(tab2, chromedp.Navigate(url)); err != nil {
+		t.Fatalf("open a second tab: %v", err)
+	}
+	for i, tab := range []context.Context{tab1, tab2} {
+		waitText(t, tab, fmt.Sprint("tab ", i+1), id("status"), "open")
+		waitText(t, tab, fmt.Sprint("tab ", i+1), id("count"), "0")
+	}
+
+	// A change in one tab appears in the other.
+	if err := chromedp.Do(tab1, chromedp.Click(id("inc"))); err != nil {
+		t.Fatal(err)
+	}
+	waitText(t, tab2, "tab 2", id("count"), "1")
+	if err := chromedp.Do(tab2,
+		chromedp.SendKeys(id("item"), "hello from tab 2"),
+		chromedp.Click(id("add"))); err != nil {
+		t.Fatal(err)
+	}
+	waitText(t, tab1, "tab 1", id("items"), "hello from tab 2")
+
+	// The server restarts; three transactions are applied while it is down.
+	d.stop()
+	for i, tab := range []context.Context{tab1, tab2} {
+		waitText(t, tab, fmt.Sprint("tab ", i+1), id("status"), "closed 1001: server shutting down")
+	}
+	d.newServer()
+	for i := 0; i < 3; i++ {
+		if _, err := d.mgr.Apply(context.Background(), "demo", demo.Increment, json.RawMessage(`{"by":1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.listen()
+	for i, tab := range []context.Context{tab1, tab2} {
+		name := fmt.Sprint("tab ", i+1)
+		waitText(t, tab, name, id("status"), "open")
+		waitText(t, tab, name, id("count"), "4")
+		if n := evalInt(t, tab, `document.querySelectorAll("#log li.replayed").length`); n != 3 {
+			t.Fatalf("%s shows %d replayed transactions, want 3", name, n)
+		}
+	}
+	// The pages go on working after the restart.
+	if err := chromedp.Do(tab2, chromedp.Click(id("inc"))); err != nil {
+		t.Fatal(err)
+	}
+	waitText(t, tab1, "tab 1", id("count"), "5")
+
+	if dir := os.Getenv("BROWSERTEST_SCREENSHOT_DIR"); dir != "" {
+		shot, err := chromedp.Run(tab1, chromedp.CaptureScreenshot())
+		if err != nil {
+			t.Fatalf("screenshot: %v", err)
+		}
+		os.WriteFile(dir+"/demo.png", shot, 0o644)
+	}
+}
