@@ -53,10 +53,10 @@ type AcceptOptions struct {
 // the status the server answered with (0 when the failure was not an HTTP
 // status), and Body holds up to 1 KiB of the response body.
 type HandshakeError struct {
-	StatusCode int
-	Reason     string
-	Body       []byte
-	Err        error // the underlying cause, if any
+	StatusCode int    // the HTTP status (see above)
+	Reason     string // what was wrong
+	Body       []byte // client side: the start of the refusal's body
+	Err        error  // the underlying cause, if any
 }
 
 func (e *HandshakeError) Error() string {

@@ -85,10 +85,10 @@ const DefaultJWTLeeway = 5 * time.Second
 // bridge: it reaches every authorizer. Its ExpiresAt makes the server close
 // the connection with 4002 when the token expires.
 type Claims struct {
-	Subject  string
-	Issuer   string
-	Audience []string
-	Expiry   time.Time
+	Subject  string    // sub
+	Issuer   string    // iss, one of the authorities
+	Audience []string  // aud
+	Expiry   time.Time // exp
 	// ShareDataIDs is the token's shareDataIds claim; nil when absent
 	// (no restriction).
 	ShareDataIDs []string

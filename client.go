@@ -48,16 +48,18 @@ var (
 )
 
 // ProposalError is a proposal the server refused (accepted: false).
-type ProposalError struct{ Reason string }
+type ProposalError struct {
+	Reason string // the server's error text
+}
 
 func (e *ProposalError) Error() string { return "realtime: proposal refused: " + e.Reason }
 
 // SubscriptionError ends a subscription the server refused (an error
 // frame such as "forbidden", or close 4003 for an unknown id).
 type SubscriptionError struct {
-	ShareDataID string
+	ShareDataID string // the refused subscription's id
 	Code        string // the error frame's code, or "unknown-share-data"
-	Message     string
+	Message     string // the server's explanation
 }
 
 func (e *SubscriptionError) Error() string {
@@ -90,11 +92,11 @@ func (s ConnState) String() string {
 
 // StateChange reports a change of the client's connection.
 type StateChange struct {
-	State ConnState
+	State ConnState // the new state
 	// Code and Reason are the close frame's, for StateClosed (1006 when
 	// the connection ended without one).
 	Code   StatusCode
-	Reason string
+	Reason string // see Code
 	// Err is the error that caused the change, if any.
 	Err error
 	// Delay is how long the client waits before redialing, for

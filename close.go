@@ -131,9 +131,9 @@ const maxCloseReason = maxControlPayload - 2
 // CloseNoStatusReceived when the peer's close frame had no code, and
 // CloseAbnormalClosure when the connection ended with no close frame.
 type CloseError struct {
-	Code   StatusCode
-	Reason string
-	Remote bool
+	Code   StatusCode // the close code
+	Reason string     // the close reason
+	Remote bool       // the peer sent the close frame
 }
 
 func (e *CloseError) Error() string {

@@ -21,8 +21,8 @@ var ErrInvalidMessage = errors.New("invalid message")
 // which is how the server reports it with code 4004). Field is "message"
 // when the fault is not in one field.
 type DecodeError struct {
-	Field  string
-	Reason string
+	Field  string // the JSON field at fault, or "message"
+	Reason string // why, in a few words
 }
 
 func (e *DecodeError) Error() string {

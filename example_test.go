@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -96,4 +97,183 @@ func ExampleNewJWTAuthenticator() {
 	// Output:
 	// no token: 401
 	// subscribed: {"count":0}
+}
+
+// Mount the realtime server on a mux and follow a share data item with the
+// Go client.
+func Example() {
+	mgr := realtime.NewMemoryManager()
+	mgr.Create("counter", json.RawMessage(`{"count":0}`), increment)
+	srv := realtime.NewServer(mgr, &realtime.ServerOptions{
+		ResolveFunction: realtime.IDFunctionResolver(mgr),
+	})
+	mux := http.NewServeMux()
+	mux.Handle("/realtime", srv)
+	hs := httptest.NewServer(mux)
+	defer hs.Close()
+	defer srv.Shutdown(context.Background())
+
+	client, err := realtime.NewClient(realtime.ClientOptions{URL: "ws" + strings.TrimPrefix(hs.URL, "http") + "/realtime"})
+	if err != nil {
+		panic(err)
+	}
+	defer client.Close()
+	sub, _ := client.Subscribe("counter")
+	if err := client.Connect(context.Background()); err != nil {
+		panic(err)
+	}
+	st := (<-sub.Messages()).(*realtime.StateMessage)
+	fmt.Println("state:", string(st.CurrentState))
+
+	if _, err := client.Propose(context.Background(), "counter", "increment", json.RawMessage(`{"by":5}`)); err != nil {
+		panic(err)
+	}
+	tx := (<-sub.Messages()).(*realtime.TransactionMessage)
+	fmt.Println("transaction:", tx.FunctionID, string(tx.ProposedData), "->", string(tx.CurrentState))
+
+	_, err = client.Propose(context.Background(), "counter", "reset", json.RawMessage(`{}`))
+	fmt.Println("refused:", err)
+	// Output:
+	// state: {"count":0}
+	// transaction: increment {"by":5} -> {"count":5}
+	// refused: realtime: proposal refused: unknown function "reset"
+}
+
+// After a reconnect, the client resubscribes with since = its cursor and
+// the server replays what it missed, marked Replayed.
+func ExampleClient_replay() {
+	mgr := realtime.NewMemoryManager()
+	mgr.Create("counter", json.RawMessage(`{"count":0}`), increment)
+	srv := realtime.NewServer(mgr, nil)
+	var current atomic.Pointer[realtime.Server] // the server now answering
+	current.Store(srv)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		current.Load().ServeHTTP(w, r)
+	}))
+	defer hs.Close()
+	url := "ws" + strings.TrimPrefix(hs.URL, "http")
+
+	client, _ := realtime.NewClient(realtime.ClientOptions{URL: url, ReconnectMin: 10 * time.Millisecond})
+	defer client.Close()
+	sub, _ := client.Subscribe("counter")
+	client.Connect(context.Background())
+	fmt.Println("state:", string((<-sub.Messages()).(*realtime.StateMessage).CurrentState))
+
+	// The server goes away; two transactions happen; a new server over the
+	// same manager (it records transactions from its start) takes its place
+	// at the same address.
+	srv.Shutdown(context.Background())
+	srv2 := realtime.NewServer(mgr, nil)
+	defer srv2.Shutdown(context.Background())
+	for i := 0; i < 2; i++ {
+		mgr.Apply(context.Background(), "counter", increment, json.RawMessage(`{"by":1}`))
+	}
+	current.Store(srv2)
+
+	for i := 0; i < 3; i++ {
+		switch m := (<-sub.Messages()).(type) {
+		case *realtime.StateMessage:
+			fmt.Println("state after the reconnect:", string(m.CurrentState))
+		case *realtime.TransactionMessage:
+			fmt.Println("replayed:", m.Replayed, string(m.ProposedData))
+		}
+	}
+	// Output:
+	// state: {"count":0}
+	// state after the reconnect: {"count":2}
+	// replayed: true {"by":1}
+	// replayed: true {"by":1}
+}
+
+// Any function can resolve a propose's function id: here, per-tenant
+// function sets chosen by the share data id's prefix.
+func ExampleFunctionResolver() {
+	double := realtime.Function{ID: "double", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) {
+		var st struct{ Count int }
+		json.Unmarshal(cur, &st)
+		return json.Marshal(map[string]int{"count": 2 * st.Count})
+	}}
+	tenants := map[string][]realtime.Function{"acme": {increment, double}, "free": {increment}}
+	resolve := func(ctx context.Context, shareDataID, functionID string) (realtime.Function, error) {
+		tenant, _, _ := strings.Cut(shareDataID, "/")
+		for _, fn := range tenants[tenant] {
+			if fn.ID == functionID {
+				return fn, nil
+			}
+		}
+		return realtime.Function{}, fmt.Errorf("%w %q for tenant %s", realtime.ErrUnknownFunction, functionID, tenant)
+	}
+
+	mgr := realtime.NewMemoryManager()
+	mgr.Create("acme/counter", json.RawMessage(`{"count":3}`))
+	mgr.Create("free/counter", json.RawMessage(`{"count":3}`))
+	srv := realtime.NewServer(mgr, &realtime.ServerOptions{ResolveFunction: resolve})
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	defer srv.Shutdown(context.Background())
+
+	client, _ := realtime.NewClient(realtime.ClientOptions{URL: "ws" + strings.TrimPrefix(hs.URL, "http")})
+	defer client.Close()
+	client.Connect(context.Background())
+	_, err := client.Propose(context.Background(), "acme/counter", "double", json.RawMessage(`null`))
+	fmt.Println("acme double:", err)
+	_, err = client.Propose(context.Background(), "free/counter", "double", json.RawMessage(`null`))
+	fmt.Println("free double:", err)
+	// Output:
+	// acme double: <nil>
+	// free double: realtime: proposal refused: unknown function "double" for tenant free
+}
+
+// countingStore is a custom ReplayStore: it wraps the in-memory one and
+// counts what it is asked, as a store backed by a database or Redis would
+// be plugged in.
+// A ReplayStore is called from many goroutines, hence the atomics.
+type countingStore struct {
+	*realtime.MemoryReplayStore
+	appends, replays atomic.Int32
+}
+
+func (s *countingStore) Append(ctx context.Context, id string, rec realtime.ReplayRecord) error {
+	s.appends.Add(1)
+	return s.MemoryReplayStore.Append(ctx, id, rec)
+}
+
+func (s *countingStore) Replay(ctx context.Context, id, since, until string) ([]realtime.ReplayRecord, error) {
+	s.replays.Add(1)
+	return s.MemoryReplayStore.Replay(ctx, id, since, until)
+}
+
+// Plug in a custom replay store.
+func ExampleReplayStore() {
+	store := &countingStore{MemoryReplayStore: realtime.NewMemoryReplayStore(10)}
+	mgr := realtime.NewMemoryManager()
+	mgr.Create("counter", json.RawMessage(`{"count":0}`), increment)
+	srv := realtime.NewServer(mgr, &realtime.ServerOptions{ReplayStore: store})
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	defer srv.Shutdown(context.Background())
+
+	var first string
+	for i := 0; i < 3; i++ {
+		tx, _ := mgr.Apply(context.Background(), "counter", increment, json.RawMessage(`{"by":1}`))
+		if i == 0 {
+			first = tx.ID
+		}
+	}
+	c, _, err := realtime.Dial(context.Background(), "ws"+strings.TrimPrefix(hs.URL, "http"), nil)
+	if err != nil {
+		panic(err)
+	}
+	defer c.CloseNow()
+	sub := &realtime.SubscribeMessage{ShareDataID: "counter", Since: first, HasSince: true}
+	c.Write(context.Background(), realtime.MessageText, sub.AppendJSON(nil))
+	for i := 0; i < 3; i++ {
+		fmt.Println(readMessage(c).MessageType())
+	}
+	fmt.Println("appends:", store.appends.Load(), "replays:", store.replays.Load())
+	// Output:
+	// state
+	// transaction
+	// transaction
+	// appends: 3 replays: 1
 }

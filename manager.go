@@ -32,7 +32,7 @@ var (
 // wire's functionId; a function with an empty ID is never reachable over
 // the wire (keep those for internal use).
 type Function struct {
-	ID string
+	ID string // the wire functionId; "" keeps the function internal
 	// Apply returns the next state, which must be valid JSON, or an error
 	// that refuses the proposal; its message is sent to the proposer.
 	// It must not call back into the manager for the same share data.
@@ -41,21 +41,21 @@ type Function struct {
 
 // Transaction is one applied change to a share data item.
 type Transaction struct {
-	ShareDataID string
+	ShareDataID string // the share data it changed
 	// ID is opaque and unique, also across restarts of the process.
 	ID string
 	// PreviousID is the id of the transaction before this one on the same
 	// share data, "" for the first.
 	PreviousID   string
-	FunctionID   string
-	ProposedData json.RawMessage
+	FunctionID   string          // the function that computed it
+	ProposedData json.RawMessage // the proposal, compact JSON
 	// State is the share data's state after the transaction.
 	State json.RawMessage
 }
 
 // Snapshot is a share data item's state at one moment.
 type Snapshot struct {
-	State json.RawMessage
+	State json.RawMessage // the current state, compact JSON
 	// LastTransactionID is the id of the last transaction applied, ""
 	// when none was.
 	LastTransactionID string
@@ -91,8 +91,8 @@ func (k EventKind) String() string {
 
 // Event reports a change to one share data item.
 type Event struct {
-	Kind        EventKind
-	ShareDataID string
+	Kind        EventKind // what happened
+	ShareDataID string    // to which share data
 	// Version is the item's event number: 1 for its first event, and one
 	// more for each following event of the same item.
 	Version uint64

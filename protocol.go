@@ -90,16 +90,16 @@ type ServerMessage interface {
 // transactions after Since; an empty Since then means "from the first
 // transaction".
 type SubscribeMessage struct {
-	ShareDataID string
-	Since       string
-	HasSince    bool
+	ShareDataID string // the share data item
+	Since       string // the cursor to replay from (see HasSince)
+	HasSince    bool   // since was given
 }
 
 // UnsubscribeMessage stops the frames of one share data item:
 //
 //	{"v":1,"type":"unsubscribe","shareDataId":"doc-1"}
 type UnsubscribeMessage struct {
-	ShareDataID string
+	ShareDataID string // the share data item
 }
 
 // ProposeMessage proposes a change through a function the server
@@ -110,10 +110,10 @@ type UnsubscribeMessage struct {
 // ProposedData is any JSON value, kept as compact raw bytes. The server
 // answers with a ProposalResultMessage carrying the same CorrelationID.
 type ProposeMessage struct {
-	ShareDataID   string
-	FunctionID    string
-	ProposedData  json.RawMessage
-	CorrelationID string
+	ShareDataID   string          // the share data item
+	FunctionID    string          // the function to run, as registered
+	ProposedData  json.RawMessage // any JSON value, compact
+	CorrelationID string          // matches the answer to the request
 }
 
 // PingMessage is an application-level round-trip check, answered by a
@@ -121,7 +121,7 @@ type ProposeMessage struct {
 //
 //	{"v":1,"type":"ping","correlationId":"c-8"}
 type PingMessage struct {
-	CorrelationID string
+	CorrelationID string // matches the answer to the request
 }
 
 // StateMessage is the snapshot sent once per subscribe:
@@ -131,9 +131,9 @@ type PingMessage struct {
 // LastTransactionID is the id of the last transaction applied to the
 // state, "" when none was; it is the subscription's cursor.
 type StateMessage struct {
-	ShareDataID       string
-	CurrentState      json.RawMessage
-	LastTransactionID string
+	ShareDataID       string          // the share data item
+	CurrentState      json.RawMessage // the state, compact JSON
+	LastTransactionID string          // the cursor: the last transaction applied, "" if none
 }
 
 // TransactionMessage reports one applied transaction:
@@ -147,13 +147,13 @@ type StateMessage struct {
 // first): a client whose cursor differs has missed a frame. It is this
 // package's addition; clients of @degenerate/realtime ignore it.
 type TransactionMessage struct {
-	ShareDataID           string
-	TransactionID         string
-	PreviousTransactionID string
-	FunctionID            string
-	ProposedData          json.RawMessage
+	ShareDataID           string          // the share data item
+	TransactionID         string          // the transaction's id
+	PreviousTransactionID string          // the previous transaction's id, "" for the first
+	FunctionID            string          // the function to run, as registered
+	ProposedData          json.RawMessage // any JSON value, compact
 	CurrentState          json.RawMessage // live frames only
-	Replayed              bool
+	Replayed              bool            // sent by a replay, not live
 }
 
 // LifecycleMessage reports a change outside the transaction flow:
@@ -163,9 +163,9 @@ type TransactionMessage struct {
 //
 // CurrentState is carried with LifecycleUpdated only.
 type LifecycleMessage struct {
-	ShareDataID  string
-	Event        LifecycleEvent
-	CurrentState json.RawMessage
+	ShareDataID  string          // the share data item
+	Event        LifecycleEvent  // updated or removed
+	CurrentState json.RawMessage // the state, compact JSON
 }
 
 // ProposalResultMessage answers a ProposeMessage:
@@ -175,17 +175,17 @@ type LifecycleMessage struct {
 //
 // TransactionID is carried when Accepted, Error when not.
 type ProposalResultMessage struct {
-	CorrelationID string
-	Accepted      bool
-	TransactionID string
-	Error         string
+	CorrelationID string // matches the answer to the request
+	Accepted      bool   // whether the proposal was applied
+	TransactionID string // the transaction's id
+	Error         string // why not, when not accepted
 }
 
 // PongMessage answers a PingMessage:
 //
 //	{"v":1,"type":"pong","correlationId":"c-8"}
 type PongMessage struct {
-	CorrelationID string
+	CorrelationID string // matches the answer to the request
 }
 
 // ErrorMessage reports a non-fatal protocol or authorization error:
@@ -195,10 +195,10 @@ type PongMessage struct {
 // ShareDataID and CorrelationID are carried when the error concerns one
 // share data item or one request.
 type ErrorMessage struct {
-	Code          string
-	Message       string
-	ShareDataID   string
-	CorrelationID string
+	Code          string // a short machine-readable code
+	Message       string // a human-readable explanation
+	ShareDataID   string // the share data item
+	CorrelationID string // matches the answer to the request
 }
 
 func (*SubscribeMessage) MessageType() string      { return TypeSubscribe }

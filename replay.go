@@ -21,9 +21,9 @@ var ErrReplayCursorNotFound = errors.New("replay cursor not found")
 // and the replayed transaction message, encoded once (with "replayed":true
 // and no currentState), so replaying is copying bytes.
 type ReplayRecord struct {
-	TransactionID         string
-	PreviousTransactionID string
-	Message               []byte
+	TransactionID         string // the transaction's id
+	PreviousTransactionID string // the id of the one before it, "" for the first
+	Message               []byte // the encoded replayed transaction message
 }
 
 // ReplayStore keeps a bounded window of transactions per share data item.

@@ -101,9 +101,9 @@ type ServerOptions struct {
 // WWW-Authenticate) and a short reason for the response body. The reason
 // must not contain the credentials.
 type AuthError struct {
-	Status int
-	Header http.Header
-	Reason string
+	Status int         // HTTP status; 401 when zero
+	Header http.Header // extra response headers
+	Reason string      // short, for the response body; never the credentials
 }
 
 func (e *AuthError) Error() string { return "realtime: authentication failed: " + e.Reason }
@@ -165,8 +165,8 @@ type Stats struct {
 	BytesSent          uint64 // bytes of those frames
 	SlowConsumerCloses uint64 // connections closed with 4001
 	HeartbeatCloses    uint64 // connections closed for not answering a ping
-	ProposalsAccepted  uint64
-	ProposalsRejected  uint64
+	ProposalsAccepted  uint64 // proposals applied
+	ProposalsRejected  uint64 // proposals answered accepted: false
 }
 
 // NewServer returns a server for the share data of m. It listens to m's
