@@ -1,64 +1,73 @@
-// Package realtime puts live shared state on the wire: a Go server mounts
-// one http.Handler, browsers and Go services connect over WebSocket,
-// subscribe to share data items by id, receive a snapshot and then every
+// Package realtime puts live shared state on the wire. A Go server mounts
+// one http.Handler; browsers and Go services connect over WebSocket,
+// subscribe to "share data" items by id, receive a snapshot and then every
 // transaction applied to them, and propose changes through functions the
-// server registers. It is the Go counterpart of the npm package
-// @degenerate/realtime and speaks its wire protocol.
+// server registers. When they drop off, they reconnect and the server
+// replays what they missed. It is the Go counterpart of the npm package
+// @degenerate/realtime and speaks its wire protocol, close codes and
+// defaults.
+//
+// # Where to start
+//
+//   - Server: keep your share data in a Manager (MemoryManager is the
+//     in-memory one), make a Server with NewServer and mount it:
+//     mux.Handle("/realtime", srv). See the package example.
+//   - Go client: NewClient, Subscribe, Connect, Propose. It reconnects by
+//     itself and resubscribes with a cursor.
+//   - Authentication: NewJWTAuthenticator and ShareDataAudienceAuthorizer,
+//     or your own ServerOptions.Authenticate and authorizers.
+//   - The WebSocket layer alone: Accept, Dial and Conn.
+//
+// # The protocol in brief
+//
+// Every message is one JSON object in one WebSocket text message, with the
+// envelope {"v":1,"type":...}. Clients send subscribe (with an optional
+// since cursor), unsubscribe, propose and ping. The server answers a
+// subscribe with a state frame (the snapshot and its lastTransactionId),
+// then, with since, the transactions after the cursor marked replayed, then
+// every later transaction live with its currentState; lifecycle frames
+// report wholesale updates and removal; proposal-result and pong answer
+// requests by correlationId; error frames report non-fatal errors such as
+// replay-cursor-not-found. Every message has a Go type (SubscribeMessage,
+// StateMessage, ...) whose documentation shows its JSON;
+// DecodeClientMessage and DecodeServerMessage validate by hand and name the
+// field at fault; AppendJSON encodes compactly and deterministically.
+// Transaction frames also carry previousTransactionId, so a client can tell
+// that it missed one.
+//
+// # Guarantees
+//
+//   - Ordering and no gaps: each subscriber receives every transaction
+//     applied after its snapshot exactly once, in order, with no gap between
+//     the state frame and the first live frame.
+//   - Replay: a client that reconnects with since receives the retained
+//     transactions it missed (100 per share data by default), or an error
+//     frame saying the cursor is outside the window, never a silent gap.
+//   - Slow consumers: each connection has a bounded send queue (1 MiB by
+//     default). A client that cannot keep up is closed with 4001 at once;
+//     it never delays the broadcast to others. It reconnects with since and
+//     is replayed what it missed.
+//   - Bad input harms nobody else: an undecodable message closes only its
+//     connection, with 4004 and a reason naming the field; limits bound
+//     message size, subscriptions and connections.
+//   - Liveness: the server pings every 30 s and closes connections that do
+//     not answer; Shutdown drains queues and closes every client with 1001.
+//   - Efficiency: a frame is encoded once per broadcast and the same bytes
+//     are queued for every subscriber; reading, writing and fanning out
+//     allocate nothing per message per subscriber once warm; an idle
+//     subscribed connection costs about 5.3 KiB.
 //
 // # WebSocket
 //
-// The package implements WebSocket (RFC 6455) itself, over net/http
-// hijacking, with no WebSocket library underneath. Accept upgrades an HTTP
-// request on the server; Dial opens a connection from a client. Both return
-// a *Conn:
-//
-//	func handler(w http.ResponseWriter, r *http.Request) {
-//		c, err := realtime.Accept(w, r, nil)
-//		if err != nil {
-//			return // Accept has answered the request with an HTTP error
-//		}
-//		defer c.CloseNow()
-//		for {
-//			typ, msg, err := c.Read(r.Context())
-//			if err != nil {
-//				return
-//			}
-//			if err := c.Write(r.Context(), typ, msg); err != nil {
-//				return
-//			}
-//		}
-//	}
-//
-// What a Conn guarantees:
-//
-//   - Accept validates the handshake of RFC 6455 section 4.2.1 and refuses,
-//     by default, browsers on another site (the Origin check); see
-//     AcceptOptions.OriginPatterns.
-//   - Messages are read whole; fragments are reassembled, text is checked as
-//     UTF-8 as it arrives, and a message over the read limit (64 KiB by
-//     default) fails the connection with 1009.
-//   - Any protocol violation by the peer fails the connection with 1002
-//     (1007 for invalid UTF-8): the close frame is sent and the TCP
-//     connection closed.
-//   - Writes are safe from many goroutines; messages never interleave and
-//     pongs and close frames go out between the fragments of a long message.
-//   - Pings are answered while reading; Ping sends one and waits for its
-//     pong.
-//   - Close performs the close handshake; every error after the end is a
-//     *CloseError (errors.As) that says who closed and with what code.
-//   - Reading into a reused buffer and writing allocate nothing once the
-//     connection is warm, and a Conn starts no goroutine of its own.
-//
-// Close codes, including the application codes 4001-4004 of the realtime
-// protocol, are the StatusCode constants.
-//
-// # Wire protocol
-//
-// Every application message is one JSON object in one text message, with
-// the envelope {"v":1,"type":...}. Clients send subscribe, unsubscribe,
-// propose and ping; servers send state, transaction, lifecycle,
-// proposal-result, pong and error. Each has a Go type (SubscribeMessage,
-// StateMessage, ...) whose doc shows its JSON. DecodeClientMessage and
-// DecodeServerMessage validate by hand and return a *DecodeError naming the
-// field at fault; AppendJSON encodes compactly and deterministically.
+// The package implements WebSocket (RFC 6455) itself over net/http
+// hijacking. Accept validates the handshake (and, by default, refuses
+// pages of other sites through the Origin check); Dial opens a client
+// connection over ws:// or wss://. A Conn reads whole messages (fragments
+// reassembled, text checked as UTF-8 as it arrives, 64 KiB read limit by
+// default), fails the connection with 1002, 1007 or 1009 on bad input,
+// answers pings while reading, sends pongs and close frames between the
+// fragments of long messages, and performs the close handshake; errors
+// after the end are a *CloseError that says who closed and with what code.
+// Close codes, including the application codes 4001-4004, are the
+// StatusCode constants.
 package realtime
