@@ -77,7 +77,8 @@ type ServerOptions struct {
 	// Zero means DefaultMaxSubscriptionsPerConnection (100).
 	MaxSubscriptionsPerConnection int
 	// MaxConnections bounds the open connections; upgrades past it get
-	// 503. Zero means no bound.
+	// 503 (or, when several race for the last place, the losers are closed
+	// with 1013 right after the upgrade). Zero means no bound.
 	MaxConnections int
 	// ShutdownCode is the close code Shutdown sends: CloseGoingAway (1001,
 	// the zero value's meaning) or CloseServiceRestart (1012).
@@ -263,6 +264,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.closed {
 		s.mu.Unlock()
 		conn.Close(s.opts.ShutdownCode, "server shutting down")
+		return
+	}
+	if max := s.opts.MaxConnections; max > 0 && len(s.sessions) >= max {
+		// Others were upgraded since the check above.
+		s.mu.Unlock()
+		conn.Close(CloseTryAgainLater, "too many connections")
 		return
 	}
 	s.sessions[sess] = struct{}{}

@@ -66,9 +66,10 @@ func (s *session) enqueue(frame []byte) {
 		return
 	}
 	if s.queued+len(frame) > s.srv.opts.MaxBufferedBytes {
+		queued := s.queued
 		s.mu.Unlock()
 		s.srv.stats.slowConsumerCloses.Add(1)
-		s.srv.log.Warn("realtime: closing a slow consumer", "remote", s.conn.RemoteAddr().String(), "queued_bytes", s.queued)
+		s.srv.log.Warn("realtime: closing a slow consumer", "remote", s.conn.RemoteAddr().String(), "queued_bytes", queued)
 		s.close(CloseFellBehind, "send buffer overflow: the client fell behind", false)
 		return
 	}
