@@ -75,6 +75,12 @@ const (
 	EventUpdated
 	// EventRemoved: the share data was removed; no event follows for it.
 	EventRemoved
+	// EventLost is raised by a ChannelRegistry, never by a manager: events
+	// of ShareDataID ("" for every share data) may have been lost on the
+	// way (a broker connection dropped). The server closes the connections
+	// subscribed to them with 4001, so their clients resubscribe with since
+	// rather than silently miss transactions.
+	EventLost
 )
 
 func (k EventKind) String() string {
@@ -85,6 +91,8 @@ func (k EventKind) String() string {
 		return "updated"
 	case EventRemoved:
 		return "removed"
+	case EventLost:
+		return "lost"
 	}
 	return "EventKind(" + strconv.Itoa(int(k)) + ")"
 }

@@ -62,6 +62,13 @@ type ServerOptions struct {
 	// Registry carries events between instances. Nil means a
 	// MemoryRegistry of this server alone.
 	Registry ChannelRegistry
+	// SkipManagerEvents stops the server from listening to the manager's
+	// events. Set it on every instance but one when several instances share
+	// one manager value and one Registry, so each event is published once
+	// (the listening instance also records the replay window). With a
+	// manager per instance over a shared database, leave it false: each
+	// manager reports the transactions applied through its instance.
+	SkipManagerEvents bool
 
 	// MaxBufferedBytes caps the bytes queued for one connection; when a
 	// frame would pass it, the connection is closed with 4001 (fell
@@ -210,7 +217,10 @@ func NewServer(m Manager, opts *ServerOptions) *Server {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.detachFn = s.reg.Attach(s.deliver)
-	s.unlisten = m.Listen(s.publish)
+	s.unlisten = func() {}
+	if !o.SkipManagerEvents {
+		s.unlisten = m.Listen(s.publish)
+	}
 	return s
 }
 
@@ -335,6 +345,10 @@ func (s *Server) publish(ev Event) {
 // deliver is the registry's receiver: it encodes the event's frame once
 // and fans it out to the local subscribers.
 func (s *Server) deliver(ev Event) {
+	if ev.Kind == EventLost {
+		s.lost(ev.ShareDataID)
+		return
+	}
 	s.mu.RLock()
 	t := s.topics[ev.ShareDataID]
 	s.mu.RUnlock()
@@ -359,6 +373,32 @@ func (s *Server) deliver(ev Event) {
 	t.fanOut(ev.Version, frame, ev.Kind == EventRemoved)
 	if ev.Kind == EventRemoved {
 		s.dropTopicIfEmpty(t)
+	}
+}
+
+// lost closes, with 4001, every connection subscribed to id ("" for any):
+// events may have been lost, and only a resubscribe with since can tell
+// their clients what they missed.
+func (s *Server) lost(id string) {
+	s.mu.RLock()
+	var topics []*topic
+	for tid, t := range s.topics {
+		if id == "" || tid == id {
+			topics = append(topics, t)
+		}
+	}
+	s.mu.RUnlock()
+	n := 0
+	for _, t := range topics {
+		t.mu.Lock()
+		for _, sub := range t.subs {
+			sub.sess.close(CloseFellBehind, "events may have been lost; resubscribe", false)
+			n++
+		}
+		t.mu.Unlock()
+	}
+	if n > 0 {
+		s.log.Warn("realtime: events may have been lost; closed the subscribed connections", "share_data_id", id, "subscriptions", n)
 	}
 }
 

@@ -551,3 +551,43 @@ func waitFor(t testing.TB, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestEventLost: a registry that reports lost events makes the server close
+// the connections subscribed to that share data with 4001; others stay.
+func TestEventLost(t *testing.T) {
+	reg := NewMemoryRegistry()
+	rs := newRTServer(t, &ServerOptions{Registry: reg})
+	a, b := dialRT(t, rs.url, nil), dialRT(t, rs.url, nil)
+	a.subscribe("doc")
+	b.subscribe("other")
+	reg.Publish(context.Background(), Event{Kind: EventLost, ShareDataID: "doc"})
+	a.expectClosed(CloseFellBehind, "lost")
+	b.send(&PingMessage{CorrelationID: "still"})
+	nextAs[*PongMessage](b)
+}
+
+// TestSkipManagerEvents: a second server over the same manager and
+// registry does not publish the manager's events again; its subscribers
+// get each transaction once, from the first server's publication.
+func TestSkipManagerEvents(t *testing.T) {
+	reg := NewMemoryRegistry()
+	rs := newRTServer(t, &ServerOptions{Registry: reg})
+	var published atomic.Int32
+	detach := reg.Attach(func(ev Event) { published.Add(1) })
+	defer detach()
+	second := NewServer(rs.mgr, &ServerOptions{Registry: reg, SkipManagerEvents: true, Logger: quietLogger})
+	hs := httptest.NewServer(second)
+	defer hs.Close()
+	defer second.Shutdown(context.Background())
+	c := dialRT(t, wsURL(hs), nil)
+	c.subscribe("doc")
+	set, _ := rs.mgr.Function("doc", "set")
+	rs.mgr.Apply(context.Background(), "doc", set, json.RawMessage(`1`))
+	if tx := nextAs[*TransactionMessage](c); string(tx.CurrentState) != "1" {
+		t.Fatalf("%s", tx.AppendJSON(nil))
+	}
+	c.quiet(50 * time.Millisecond)
+	if n := published.Load(); n != 1 {
+		t.Fatalf("published %d times, want once", n)
+	}
+}

@@ -14,6 +14,15 @@ if ! command -v chromium >/dev/null 2>&1; then
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 
+# The Redis tests (redisrt/) start Debian's redis-server themselves.
+if ! command -v redis-server >/dev/null 2>&1; then
+	echo "=== installing Debian's redis-server for the Redis tests"
+	SUDO=""
+	if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+	$SUDO apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
 modules=$(find . -name go.mod -not -path './.git/*' -exec dirname {} \; | sort)
 status=0
 for m in $modules; do
