@@ -143,7 +143,11 @@ type stateLog struct {
 	all []realtime.StateChange
 }
 
-func (l *stateLog) add(sc realtime.StateChange) { l.mu.Lock(); l.all = append(l.all, sc); l.mu.Unlock() }
+func (l *stateLog) add(sc realtime.StateChange) {
+	l.mu.Lock()
+	l.all = append(l.all, sc)
+	l.mu.Unlock()
+}
 
 func (l *stateLog) closedWith(code realtime.StatusCode) int {
 	l.mu.Lock()
