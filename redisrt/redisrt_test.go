@@ -111,7 +111,9 @@ type cluster struct {
 	store *ReplayStore
 }
 
-func newCluster(t *testing.T, window int) *cluster {
+func newCluster(t *testing.T, window int) *cluster { return newClusterB(t, window) }
+
+func newClusterB(t testing.TB, window int) *cluster {
 	mgr := realtime.NewMemoryManager()
 	mgr.Create("doc", json.RawMessage(`{"count":0}`), increment)
 	rdb := redis.NewClient(&redis.Options{Addr: redisAddr, MaxRetries: -1})
