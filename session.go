@@ -142,9 +142,9 @@ func (s *session) writeLoop() {
 		s.queue, s.spare = s.spare[:0], nil
 		s.mu.Unlock()
 
-		written, err := s.writeBatch(batch)
+		frames, written, err := s.writeBatch(batch)
 		clear(batch) // let the frames be collected
-		s.srv.stats.framesSent.Add(uint64(len(batch)))
+		s.srv.stats.framesSent.Add(uint64(frames))
 		s.srv.stats.bytesSent.Add(uint64(written))
 
 		s.mu.Lock()
@@ -163,22 +163,25 @@ func (s *session) writeLoop() {
 }
 
 // writeBatch writes frames in system calls of at most maxWriteBatch bytes
-// and returns the bytes written.
-func (s *session) writeBatch(frames [][]byte) (int, error) {
-	written := 0
+// and returns the frames and bytes written. The write timeout bounds each
+// call, and Shutdown's forced close ends a blocked one, so no context is
+// watched (watching one would allocate on every wake-up).
+func (s *session) writeBatch(frames [][]byte) (int, int, error) {
+	count, written := 0, 0
 	for len(frames) > 0 {
 		n, size := 0, 0
 		for n < len(frames) && (n == 0 || size+len(frames[n]) <= maxWriteBatch) {
 			size += len(frames[n])
 			n++
 		}
-		if err := s.conn.writeFrames(s.ctx, frames[:n]); err != nil {
-			return written, err
+		if err := s.conn.writeFrames(context.Background(), frames[:n]); err != nil {
+			return count, written, err
 		}
+		count += n
 		written += size
 		frames = frames[n:]
 	}
-	return written, nil
+	return count, written, nil
 }
 
 // forget drops a subscription that ended (its share data was removed).
