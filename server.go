@@ -242,13 +242,16 @@ func (s *Server) Stats() Stats {
 // connection until it ends. It returns as soon as the connection is
 // established; the server's own goroutines carry it on.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.mu.RLock()
-	closed := s.closed
-	s.mu.RUnlock()
-	if closed {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
 		http.Error(w, "realtime: server is shutting down", http.StatusServiceUnavailable)
 		return
 	}
+	// Shutdown waits for this upgrade too, whatever becomes of it.
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
 	if max := s.opts.MaxConnections; max > 0 && s.stats.connections.Load() >= int64(max) {
 		http.Error(w, "realtime: too many connections", http.StatusServiceUnavailable)
 		return
@@ -271,26 +274,27 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sess.writeFn = sess.writeLoop
 	sess.readFn = sess.readLoop
 	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		conn.Close(s.opts.ShutdownCode, "server shutting down")
-		return
-	}
 	if max := s.opts.MaxConnections; max > 0 && len(s.sessions) >= max {
 		// Others were upgraded since the check above.
 		s.mu.Unlock()
 		conn.Close(CloseTryAgainLater, "too many connections")
 		return
 	}
+	// A connection upgraded while Shutdown began is registered all the
+	// same, so Shutdown's forced close reaches it, and closed at once.
+	closed := s.closed
 	s.sessions[sess] = struct{}{}
 	s.stats.connections.Add(1)
 	s.wg.Add(1) // the read loop
-	if s.opts.HeartbeatInterval > 0 && !s.hbStarted {
+	if s.opts.HeartbeatInterval > 0 && !s.hbStarted && !closed {
 		s.hbStarted = true
 		s.wg.Add(1)
 		go s.heartbeat()
 	}
 	s.mu.Unlock()
+	if closed {
+		sess.close(s.opts.ShutdownCode, "server shutting down", true)
+	}
 	if exp, ok := auth.(interface{ ExpiresAt() time.Time }); ok {
 		sess.expiry = time.AfterFunc(time.Until(exp.ExpiresAt()), func() {
 			sess.close(CloseUnauthorized, "token expired", false)
@@ -527,6 +531,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = ctx.Err()
+		// Every connection now registered, late upgrades included.
+		s.mu.RLock()
+		sessions = sessions[:0]
+		for sess := range s.sessions {
+			sessions = append(sessions, sess)
+		}
+		s.mu.RUnlock()
 		for _, sess := range sessions {
 			sess.conn.CloseNow()
 		}
