@@ -2,13 +2,17 @@ package realtime
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -497,5 +501,52 @@ func TestCloseWhileReading(t *testing.T) {
 	var ce *CloseError
 	if !errors.As(err, &ce) || ce.Code != CloseGoingAway || ce.Remote {
 		t.Fatalf("Read: %v", err)
+	}
+}
+
+// TestDialTLS: wss:// through crypto/tls, against a TLS server whose
+// certificate the client is given; and a certificate the client does not
+// trust is refused.
+func TestDialTLS(t *testing.T) {
+	var wg sync.WaitGroup
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		wg.Add(1)
+		defer wg.Done()
+		c, err := Accept(w, r, &AcceptOptions{ConnOptions: ConnOptions{ReadLimit: 1 << 20}})
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		typ, msg, err := c.Read(context.Background())
+		if err == nil {
+			c.Write(context.Background(), typ, msg)
+			c.Read(context.Background()) // until the client closes
+		}
+	}))
+	defer func() { srv.Close(); wg.Wait() }()
+	url := "wss" + strings.TrimPrefix(srv.URL, "https")
+
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	c, _, err := Dial(context.Background(), url, &DialOptions{TLSConfig: &tls.Config{RootCAs: pool}, ConnOptions: ConnOptions{ReadLimit: 1 << 20}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := bytes.Repeat([]byte("tls "), 30000) // fragmented, over several TLS records
+	if err := c.Write(context.Background(), MessageText, msg); err != nil {
+		t.Fatal(err)
+	}
+	_, got, err := c.Read(context.Background())
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo over TLS: %d bytes, %v", len(got), err)
+	}
+	if err := c.Close(CloseNormalClosure, ""); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+
+	_, _, err = Dial(context.Background(), url, nil)
+	var he *HandshakeError
+	if !errors.As(err, &he) || !strings.Contains(err.Error(), "TLS handshake") {
+		t.Fatalf("untrusted certificate: %v", err)
 	}
 }
