@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/degenerate/realtime"
 	"github.com/degenerate/realtime/internal/demo"
@@ -219,5 +221,65 @@ func TestDemoPageInChromium(t *testing.T) {
 			t.Fatalf("screenshot: %v", err)
 		}
 		os.WriteFile(dir+"/demo.png", shot, 0o644)
+	}
+}
+
+// TestDemoPageWithToken: with the JWT bridge on, the page carries the
+// token from its URL in a WebSocket subprotocol (browsers cannot set an
+// Authorization header), Chromium accepts the server's choice of
+// realtime.v1, and the subscription goes through the audience authorizer.
+// Without the token the page cannot connect.
+func TestDemoPageWithToken(t *testing.T) {
+	secret := []byte("browser-test-secret")
+	auth, err := realtime.NewJWTAuthenticator(realtime.JWTOptions{Authorities: []realtime.Authority{{
+		Issuer: "browsertest", Keys: []realtime.VerificationKey{{Key: secret}},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr := demo.NewManager()
+	srv := realtime.NewServer(mgr, &realtime.ServerOptions{Authenticate: auth, AuthorizeSubscribe: realtime.ShareDataAudienceAuthorizer,
+		ResolveFunction: realtime.IDFunctionResolver(mgr), Logger: quiet})
+	hs := httptest.NewServer(demo.Handler(srv))
+	defer hs.Close()
+	defer srv.Shutdown(context.Background())
+	tok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+		"iss": "browsertest", "sub": "tab", "aud": realtime.AudienceShareData, "exp": time.Now().Add(time.Hour).Unix(),
+	}).SignedString(secret)
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium(t)), chromedp.NoSandbox, chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()),
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
+	defer cancelAlloc()
+	tab, cancelTab := chromedp.NewContext(allocCtx)
+	defer cancelTab()
+	if err := chromedp.Do(tab, chromedp.Navigate(hs.URL+"/?token="+tok)); err != nil {
+		t.Fatal(err)
+	}
+	waitText(t, tab, "with token", id("status"), "open")
+	waitText(t, tab, "with token", id("count"), "0")
+	if err := chromedp.Do(tab, chromedp.Click(id("inc"))); err != nil {
+		t.Fatal(err)
+	}
+	waitText(t, tab, "with token", id("count"), "1")
+
+	// Without a token: refused before any WebSocket byte, so the page
+	// never opens.
+	if err := chromedp.Do(tab, chromedp.Navigate(hs.URL+"/")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := evalInt(t, tab, `realtimeDemo.closes.length`); n == 0 {
+		t.Fatal("the page without a token did not see its connection fail")
+	}
+	status, _ := chromedp.Run(tab, chromedp.Text(id("status")))
+	if strings.TrimSpace(status) == "open" {
+		t.Fatal("the page connected without a token")
 	}
 }
