@@ -98,6 +98,31 @@ func chromium(t *testing.T) string {
 	return ""
 }
 
+// newBrowser starts headless Chromium, with the flags this machine's
+// closed network needs, for at most two minutes, and returns its first tab.
+// It is stopped when the test ends.
+func newBrowser(t *testing.T) context.Context {
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium(t)),
+		chromedp.NoSandbox, // root in CI
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()),
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
+	tab, cancelTab := chromedp.NewContext(allocCtx)
+	t.Cleanup(func() {
+		cancelTab()
+		cancelAlloc()
+		cancel()
+	})
+	return tab
+}
+
 // id selects the element with an id. chromedp's plain-string selectors
 // are searches that also match page text (a stylesheet's "#items", say), so
 // the tests name elements by an XPath that appears nowhere in the page.
@@ -141,22 +166,7 @@ func TestDemoPageInChromium(t *testing.T) {
 	defer d.stop()
 	url := "http://" + d.addr + "/"
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium(t)),
-		chromedp.NoSandbox, // root in CI
-		chromedp.DisableGPU,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()),
-	)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
-	defer cancelAlloc()
-	tab1, cancel1 := chromedp.NewContext(allocCtx)
-	defer cancel1()
+	tab1 := newBrowser(t)
 	if err := chromedp.Do(tab1, chromedp.Navigate(url)); err != nil {
 		t.Fatalf("open the page: %v", err)
 	}
@@ -247,18 +257,7 @@ func TestDemoPageWithToken(t *testing.T) {
 		"iss": "browsertest", "sub": "tab", "aud": realtime.AudienceShareData, "exp": time.Now().Add(time.Hour).Unix(),
 	}).SignedString(secret)
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium(t)), chromedp.NoSandbox, chromedp.DisableGPU,
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()),
-	)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
-	defer cancelAlloc()
-	tab, cancelTab := chromedp.NewContext(allocCtx)
-	defer cancelTab()
+	tab := newBrowser(t)
 	if err := chromedp.Do(tab, chromedp.Navigate(hs.URL+"/?token="+tok)); err != nil {
 		t.Fatal(err)
 	}
