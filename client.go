@@ -189,7 +189,7 @@ type request struct {
 
 // NewClient returns a client; Connect opens it.
 func NewClient(opts ClientOptions) (*Client, error) {
-	if _, err := parseWSURL(opts.URL); err != nil {
+	if err := checkWSURL(opts.URL); err != nil {
 		return nil, err
 	}
 	o := &opts
@@ -226,11 +226,11 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	return c, nil
 }
 
-func parseWSURL(u string) (string, error) {
+func checkWSURL(u string) error {
 	if !strings.HasPrefix(u, "ws://") && !strings.HasPrefix(u, "wss://") {
-		return "", fmt.Errorf("realtime: client URL %q is not ws:// or wss://", u)
+		return fmt.Errorf("realtime: client URL %q is not ws:// or wss://", u)
 	}
-	return u, nil
+	return nil
 }
 
 // Connect starts the client and waits until its first connection is open

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -312,5 +311,3 @@ func closePayload(code StatusCode, reason string) []byte {
 	b := binary.BigEndian.AppendUint16(nil, uint16(code))
 	return append(b, reason...)
 }
-
-var _ = base64.StdEncoding

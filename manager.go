@@ -242,6 +242,22 @@ func (m *MemoryManager) Function(shareDataID, functionID string) (Function, bool
 	return fn, ok
 }
 
+// lockLive returns the item locked, or an error matching
+// ErrUnknownShareData when there is none or it was removed. The caller
+// unlocks it.
+func (m *MemoryManager) lockLive(id string) (*memItem, error) {
+	it, err := m.item(id)
+	if err != nil {
+		return nil, err
+	}
+	it.mu.Lock()
+	if it.removed {
+		it.mu.Unlock()
+		return nil, fmt.Errorf("%w %s", ErrUnknownShareData, quoteForError(id))
+	}
+	return it, nil
+}
+
 func (m *MemoryManager) item(id string) (*memItem, error) {
 	m.mu.RLock()
 	it := m.items[id]
@@ -254,15 +270,11 @@ func (m *MemoryManager) item(id string) (*memItem, error) {
 
 // Snapshot implements Manager.
 func (m *MemoryManager) Snapshot(ctx context.Context, shareDataID string) (Snapshot, error) {
-	it, err := m.item(shareDataID)
+	it, err := m.lockLive(shareDataID)
 	if err != nil {
 		return Snapshot{}, err
 	}
-	it.mu.Lock()
 	defer it.mu.Unlock()
-	if it.removed {
-		return Snapshot{}, fmt.Errorf("%w %s", ErrUnknownShareData, quoteForError(shareDataID))
-	}
 	return Snapshot{State: it.state, LastTransactionID: it.last, Version: it.version}, nil
 }
 
@@ -273,18 +285,15 @@ func (m *MemoryManager) Apply(ctx context.Context, shareDataID string, fn Functi
 	if fn.Apply == nil {
 		return nil, errors.New("realtime: function has no Apply")
 	}
-	it, err := m.item(shareDataID)
+	proposed, err := normalizeState(proposed)
+	if err != nil {
+		return nil, fmt.Errorf("proposed data: %w", err)
+	}
+	it, err := m.lockLive(shareDataID)
 	if err != nil {
 		return nil, err
 	}
-	it.mu.Lock()
 	defer it.mu.Unlock()
-	if it.removed {
-		return nil, fmt.Errorf("%w %s", ErrUnknownShareData, quoteForError(shareDataID))
-	}
-	if proposed, err = normalizeState(proposed); err != nil {
-		return nil, fmt.Errorf("proposed data: %w", err)
-	}
 	next, err := fn.Apply(ctx, it.state, proposed)
 	if err != nil {
 		return nil, err
@@ -314,15 +323,11 @@ func (m *MemoryManager) Update(shareDataID string, state json.RawMessage) error 
 	if err != nil {
 		return err
 	}
-	it, err := m.item(shareDataID)
+	it, err := m.lockLive(shareDataID)
 	if err != nil {
 		return err
 	}
-	it.mu.Lock()
 	defer it.mu.Unlock()
-	if it.removed {
-		return fmt.Errorf("%w %s", ErrUnknownShareData, quoteForError(shareDataID))
-	}
 	it.state = st
 	it.version++
 	m.notify(Event{Kind: EventUpdated, ShareDataID: shareDataID, Version: it.version, State: st})
@@ -332,15 +337,11 @@ func (m *MemoryManager) Update(shareDataID string, state json.RawMessage) error 
 // Remove deletes the item; the subscribers get a lifecycle "removed" frame
 // and their subscriptions end.
 func (m *MemoryManager) Remove(shareDataID string) error {
-	it, err := m.item(shareDataID)
+	it, err := m.lockLive(shareDataID)
 	if err != nil {
 		return err
 	}
-	it.mu.Lock()
 	defer it.mu.Unlock()
-	if it.removed {
-		return fmt.Errorf("%w %s", ErrUnknownShareData, quoteForError(shareDataID))
-	}
 	it.removed = true
 	m.mu.Lock()
 	delete(m.items, shareDataID)

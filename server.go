@@ -427,23 +427,26 @@ func (s *Server) detach(sub *subscription) {
 	s.mu.Lock()
 	t.mu.Lock()
 	t.remove(sub)
-	if len(t.subs) == 0 && !t.dead {
-		t.dead = true
-		delete(s.topics, t.id)
-	}
+	s.dropIfEmptyLocked(t)
 	t.mu.Unlock()
 	s.mu.Unlock()
 }
 
+// dropTopicIfEmpty forgets t when no subscription is left on it.
 func (s *Server) dropTopicIfEmpty(t *topic) {
 	s.mu.Lock()
 	t.mu.Lock()
+	s.dropIfEmptyLocked(t)
+	t.mu.Unlock()
+	s.mu.Unlock()
+}
+
+// dropIfEmptyLocked is dropTopicIfEmpty for a caller holding s.mu and t.mu.
+func (s *Server) dropIfEmptyLocked(t *topic) {
 	if len(t.subs) == 0 && !t.dead && s.topics[t.id] == t {
 		t.dead = true
 		delete(s.topics, t.id)
 	}
-	t.mu.Unlock()
-	s.mu.Unlock()
 }
 
 func (s *Server) removeSession(sess *session) {
