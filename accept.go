@@ -100,11 +100,12 @@ func acceptKey(key string) string {
 //
 // When the handshake is refused, Accept has already written an HTTP error
 // response and returns a *HandshakeError: 405 for a method other than GET,
-// 426 when the Connection or Upgrade header does not ask for websocket or
-// Sec-WebSocket-Version is not 13 (with a Sec-WebSocket-Version: 13
-// header), 400 for a bad Sec-WebSocket-Key, 403 for a refused Origin, and
-// 500 when the connection cannot be hijacked (HTTP/2, or a wrapper without
-// Unwrap); that last error matches http.ErrNotSupported.
+// 426 for a request older than HTTP/1.1, when the Connection or Upgrade
+// header does not ask for websocket, or when Sec-WebSocket-Version is not
+// 13 (with a Sec-WebSocket-Version: 13 header), 400 for a bad
+// Sec-WebSocket-Key, 403 for a refused Origin, and 500 when the connection
+// cannot be hijacked (HTTP/2, or a wrapper without Unwrap); that last error
+// matches http.ErrNotSupported.
 //
 // Headers set on w before Accept (cookies, for instance) are sent with the
 // 101 response. Bytes the client sent right after its handshake, which
@@ -182,6 +183,12 @@ func Accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn,
 func checkHandshake(w http.ResponseWriter, r *http.Request, o *AcceptOptions) (string, *HandshakeError) {
 	if r.Method != http.MethodGet {
 		return "", &HandshakeError{StatusCode: http.StatusMethodNotAllowed, Reason: "method " + r.Method + " is not GET"}
+	}
+	if !r.ProtoAtLeast(1, 1) {
+		// RFC 6455 section 4.1: the upgrade is an HTTP/1.1 mechanism.
+		w.Header().Set("Connection", "Upgrade")
+		w.Header().Set("Upgrade", "websocket")
+		return "", &HandshakeError{StatusCode: http.StatusUpgradeRequired, Reason: "the opening handshake must be HTTP/1.1 or later, not " + r.Proto}
 	}
 	if !httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") {
 		w.Header().Set("Connection", "Upgrade")

@@ -27,6 +27,12 @@ const (
 	// for the peer's close frame, and how long this side waits to send its
 	// own close frame when another write holds the connection.
 	DefaultCloseTimeout = 5 * time.Second
+	// DefaultMaxFragments is the most frames one message may arrive in:
+	// 1,024. Browsers send a message in one frame and Go libraries in
+	// frames of 4 KiB (gorilla/websocket) to 64 KiB (this package), so a
+	// 64 KiB message takes at most 16; the bound stops a peer from making
+	// one message cost unbounded work with empty continuation frames.
+	DefaultMaxFragments = 1024
 	// DefaultHandshakeTimeout bounds the opening handshake: writing the 101
 	// response on the server, and dialing, TLS and the HTTP exchange on
 	// the client.
@@ -51,6 +57,15 @@ type ConnOptions struct {
 	// which lets any peer make this side allocate without bound.
 	ReadLimit int64
 
+	// MaxFragments is the most frames (the first and its continuations)
+	// one data message may arrive in; one more fails the connection with
+	// close code 1009. Control frames between fragments do not count.
+	// Zero means DefaultMaxFragments (1,024); negative means no bound.
+	// Raise it with ReadLimit when peers fragment finely: a 16 MiB
+	// message written through gorilla/websocket's NextWriter with its
+	// default 4 KiB buffer is 4,096 frames.
+	MaxFragments int
+
 	// IdleTimeout is how long a read waits for the next frame to arrive
 	// completely. When it passes, the connection is closed (the peer is
 	// sent 1001, best effort) and Read returns an error. It protects a
@@ -71,6 +86,9 @@ type ConnOptions struct {
 func (o ConnOptions) withDefaults() ConnOptions {
 	if o.ReadLimit == 0 {
 		o.ReadLimit = DefaultReadLimit
+	}
+	if o.MaxFragments == 0 {
+		o.MaxFragments = DefaultMaxFragments
 	}
 	if o.IdleTimeout == 0 {
 		o.IdleTimeout = DefaultIdleTimeout

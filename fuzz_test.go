@@ -10,29 +10,45 @@ import (
 	"unicode/utf8"
 )
 
-// fuzzReadLimit is small so that the 1009 path is reached often.
-const fuzzReadLimit = 4096
+// fuzzReadLimit and fuzzMaxFragments are small so that the 1009 paths are
+// reached often, from small inputs.
+const (
+	fuzzReadLimit    = 4096
+	fuzzMaxFragments = 8
+)
 
 // FuzzReadFrames feeds arbitrary bytes to the frame reader of a server
 // connection (mode byte even) or a client connection (mode byte odd) and
 // reads messages until it fails. It must not panic, must not hang (the input
-// ends with EOF), must never return a message over the read limit nor hold a
-// buffer much larger than it, and must fail with a CloseError or a clean
-// end of stream.
+// ends with EOF), and must fail with a CloseError or a clean end of stream.
+// The invariant of the read limit: the bytes buffered for one message (the
+// length of the buffer returned, and its capacity, since the reader
+// allocates it) never exceed the limit, whether the read succeeded or
+// failed part way.
 func FuzzReadFrames(f *testing.F) {
 	for _, seed := range frameSeeds() {
 		f.Add(byte(0), frameSeedsMasked(seed, true))
 		f.Add(byte(1), frameSeedsMasked(seed, false))
 	}
+	// The attacks: a limit check that overflowed, and a message of
+	// endless empty continuation frames.
+	f.Add(byte(0), append(overflowShape(), payloadOf(16)...))
+	empties := frame(byte(opText), true, []byte("a"))
+	for i := 0; i < fuzzMaxFragments+2; i++ {
+		empties = append(empties, frame(byte(opContinuation), true, nil)...)
+	}
+	f.Add(byte(0), empties)
+	atLimit := frame(byte(opText), true, payloadOf(fuzzReadLimit-1))
+	f.Add(byte(0), append(atLimit, frame(fCont, true, []byte("x"))...))
 	f.Fuzz(func(t *testing.T, mode byte, data []byte) {
 		client := mode&1 == 1
 		nc := &memConn{r: bytes.NewReader(data), w: io.Discard}
-		c := newConn(nc, client, "", ConnOptions{ReadLimit: fuzzReadLimit}, nil)
+		c := newConn(nc, client, "", ConnOptions{ReadLimit: fuzzReadLimit, MaxFragments: fuzzMaxFragments}, nil)
 		var buf []byte
 		for i := 0; ; i++ {
 			typ, msg, err := c.ReadInto(context.Background(), buf)
-			if cap(msg) > 2*fuzzReadLimit+1024 {
-				t.Fatalf("read buffer grew to %d bytes with a limit of %d", cap(msg), fuzzReadLimit)
+			if len(msg) > fuzzReadLimit || cap(msg) > fuzzReadLimit {
+				t.Fatalf("%d bytes buffered for one message (capacity %d) with a read limit of %d (err %v)", len(msg), cap(msg), fuzzReadLimit, err)
 			}
 			if err != nil {
 				var ce *CloseError
@@ -43,9 +59,6 @@ func FuzzReadFrames(f *testing.F) {
 					t.Fatalf("read after failure succeeded")
 				}
 				return
-			}
-			if len(msg) > fuzzReadLimit {
-				t.Fatalf("message of %d bytes with a limit of %d", len(msg), fuzzReadLimit)
 			}
 			if typ == MessageText && !validUTF8(msg) {
 				t.Fatalf("invalid UTF-8 text message accepted: %q", msg)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strconv"
 )
 
@@ -60,6 +59,7 @@ func (c *Conn) ReadInto(ctx context.Context, buf []byte) (MessageType, []byte, e
 func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 	var typ MessageType
 	inMessage := false
+	frames := 0 // data frames of the message so far
 	for {
 		h, err := c.readHeader()
 		if err != nil {
@@ -77,9 +77,17 @@ func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 		if !inMessage {
 			inMessage = true
 			typ = MessageType(h.op)
+			frames = 0
 			c.utf8.reset()
 		}
-		if lim := c.opts.ReadLimit; lim > 0 && int64(len(buf))+h.length > lim {
+		frames++
+		if max := c.opts.MaxFragments; max > 0 && frames > max {
+			return 0, buf, c.fail(&CloseError{Code: CloseMessageTooBig,
+				Reason: "message arrives in more than " + strconv.Itoa(max) + " fragments"})
+		}
+		// len(buf) never exceeds the limit, so lim-len(buf) cannot
+		// overflow, whatever length the header announces (up to 2^63-1).
+		if lim := c.opts.ReadLimit; lim > 0 && h.length > lim-int64(len(buf)) {
 			return 0, buf, c.fail(&CloseError{Code: CloseMessageTooBig,
 				Reason: "message exceeds the read limit of " + strconv.FormatInt(lim, 10) + " bytes"})
 		}
@@ -150,20 +158,22 @@ func (c *Conn) checkHeader(h *header, inMessage bool) *CloseError {
 // readPayload appends the frame's payload to buf, unmasking it and, for
 // text, validating its UTF-8 as it arrives. buf grows only as bytes
 // actually arrive, so a header announcing a huge length cannot by itself
-// make the reader allocate.
+// make the reader allocate; and it never grows past len(buf)+h.length, which
+// the caller checked against the read limit, so the memory one message
+// holds is bounded by the limit, not by what the allocator rounds up to.
 func (c *Conn) readPayload(buf []byte, h *header, text bool) ([]byte, error) {
 	remaining := h.length
 	pos := 0
 	for remaining > 0 {
 		if len(buf) == cap(buf) {
-			grow := len(buf)
-			if grow < 512 {
-				grow = 512
-			}
+			// Double, from 512 bytes, but never beyond this frame's end.
+			grow := max(len(buf), 512)
 			if int64(grow) > remaining {
 				grow = int(remaining)
 			}
-			buf = slices.Grow(buf, grow)
+			nb := make([]byte, len(buf), len(buf)+grow)
+			copy(nb, buf)
+			buf = nb
 		}
 		chunk := cap(buf) - len(buf)
 		if int64(chunk) > remaining {

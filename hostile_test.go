@@ -1,0 +1,219 @@
+package realtime
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The attacks of an outsider with a raw socket, each answered as a careful
+// server must: with a close code or an HTTP status, and without harm to
+// the server's memory or to other connections.
+
+// overflowShape is the start of a message that passed the read limit by
+// overflowing the limit check: one byte of text without FIN, then a
+// continuation frame announcing 2^63-1 bytes.
+func overflowShape() []byte {
+	b := frame(byte(opText), true, []byte("x"))
+	var hdr [14]byte
+	hdr[0], hdr[1] = fCont, maskBit|127
+	binary.BigEndian.PutUint64(hdr[2:10], 1<<63-1)
+	copy(hdr[10:], []byte{1, 2, 3, 4})
+	return append(b, hdr[:]...)
+}
+
+func TestHostileReadLimitOverflow(t *testing.T) {
+	srv, errs := echoServer(t, nil) // the default 64 KiB limit
+	rc := connectRaw(t, srv)
+	rc.sendRaw(overflowShape())
+	rc.sendRaw(payloadOf(4096))
+	reason := rc.expectClose(CloseMessageTooBig)
+	if reason != "message exceeds the read limit of 65536 bytes" {
+		t.Fatalf("reason %q", reason)
+	}
+	expectServerErr(t, errs, CloseMessageTooBig)
+
+	// Announced lengths that add up past the limit by one byte and by a
+	// lot.
+	for _, second := range []int64{65536, 1 << 40, 1<<62 + 1, 1<<63 - 1} {
+		rc := connectRaw(t, srv)
+		rc.sendRaw(frame(byte(opBinary), true, []byte("x")))
+		var hdr [14]byte
+		hdr[0], hdr[1] = fCont, maskBit|127
+		binary.BigEndian.PutUint64(hdr[2:10], uint64(second))
+		rc.sendRaw(hdr[:])
+		rc.expectClose(CloseMessageTooBig)
+	}
+	// Exactly at the limit in two fragments is a message.
+	rc = connectRaw(t, srv)
+	rc.send(byte(opBinary), payloadOf(1))
+	rc.send(fCont, payloadOf(65535))
+	rc.expectFrame(fBinary, payloadOf(65536))
+}
+
+// TestHostileOverflowStreamMemory streams 256 MiB at the server behind the
+// overflow shape and measures what the server allocated meanwhile: the
+// connection is failed at the second header, so the server's allocations
+// stay within a small bound instead of following the stream.
+func TestHostileOverflowStreamMemory(t *testing.T) {
+	srv, errs := echoServer(t, nil)
+	rc := connectRaw(t, srv)
+	chunk := payloadOf(1 << 20)
+	closed := make(chan rawFrame, 1)
+	go func() {
+		// The server's close frame arrives while the stream goes on.
+		for {
+			f, err := rc.readFrame()
+			if err != nil {
+				close(closed)
+				return
+			}
+			if f.op() == opClose {
+				closed <- f
+				return
+			}
+		}
+	}()
+
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	rc.nc.SetWriteDeadline(time.Now().Add(60 * time.Second))
+	sent := int64(0)
+	if _, err := rc.nc.Write(overflowShape()); err != nil {
+		t.Fatal(err)
+	}
+	for sent < 256<<20 {
+		n, err := rc.nc.Write(chunk)
+		sent += int64(n)
+		if err != nil {
+			break // the server closed the connection: the rest is refused
+		}
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	allocated := after.TotalAlloc - before.TotalAlloc
+	t.Logf("streamed %d MiB before the server cut the connection; the process allocated %d KiB meanwhile, heap in use %d -> %d KiB",
+		sent>>20, allocated>>10, before.HeapInuse>>10, after.HeapInuse>>10)
+	// The whole process (this test's reader included) allocated less than
+	// the bytes of eight chunks.
+	if allocated > 8<<20 {
+		t.Fatalf("the process allocated %d MiB while %d MiB were streamed at the server", allocated>>20, sent>>20)
+	}
+	if after.HeapInuse > before.HeapInuse+8<<20 {
+		t.Fatalf("heap in use grew from %d to %d MiB", before.HeapInuse>>20, after.HeapInuse>>20)
+	}
+	f, ok := <-closed
+	if !ok {
+		t.Fatal("no close frame from the server")
+	}
+	if code := StatusCode(binary.BigEndian.Uint16(f.payload)); code != CloseMessageTooBig {
+		t.Fatalf("closed with %s", code)
+	}
+	expectServerErr(t, errs, CloseMessageTooBig)
+}
+
+func TestHostileFragments(t *testing.T) {
+	srv, errs := echoServer(t, nil)
+	t.Run("1,024 frames make a message", func(t *testing.T) {
+		rc := connectRaw(t, srv)
+		var b []byte
+		b = append(b, frame(byte(opText), true, []byte("a"))...)
+		for i := 0; i < DefaultMaxFragments-2; i++ {
+			b = append(b, frame(byte(opContinuation), true, nil)...)
+			if i == 100 {
+				b = append(b, frame(fPing, true, nil)...) // control frames do not count
+			}
+		}
+		b = append(b, frame(fCont, true, []byte("b"))...)
+		rc.sendRaw(b)
+		rc.expectFrame(fPong, nil)
+		rc.expectFrame(fText, []byte("ab"))
+	})
+	t.Run("1,025 empty frames fail with 1009", func(t *testing.T) {
+		rc := connectRaw(t, srv)
+		var b []byte
+		b = append(b, frame(byte(opText), true, nil)...)
+		for i := 0; i < DefaultMaxFragments; i++ {
+			b = append(b, frame(byte(opContinuation), true, nil)...)
+		}
+		rc.sendRaw(b)
+		if reason := rc.expectClose(CloseMessageTooBig); reason != "message arrives in more than 1024 fragments" {
+			t.Fatalf("reason %q", reason)
+		}
+		expectServerErr(t, errs, CloseMessageTooBig)
+	})
+	t.Run("an endless stream of empty continuations ends at the bound", func(t *testing.T) {
+		rc := connectRaw(t, srv)
+		rc.send(byte(opText), nil)
+		empty := frame(byte(opContinuation), true, nil)
+		stream := make([]byte, 0, len(empty)*4096)
+		for len(stream) < cap(stream) {
+			stream = append(stream, empty...)
+		}
+		go func() {
+			for {
+				if _, err := rc.nc.Write(stream); err != nil {
+					return
+				}
+			}
+		}()
+		rc.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		f := rc.mustRead()
+		if f.op() != opClose || StatusCode(binary.BigEndian.Uint16(f.payload)) != CloseMessageTooBig {
+			t.Fatalf("got %s %q", f.op(), f.payload)
+		}
+	})
+	t.Run("the bound is an option", func(t *testing.T) {
+		srv, _ := echoServer(t, &AcceptOptions{ConnOptions: ConnOptions{MaxFragments: 3}})
+		rc := connectRaw(t, srv)
+		rc.send(byte(opText), []byte("a"))
+		rc.send(byte(opContinuation), []byte("b"))
+		rc.send(fCont, []byte("c"))
+		rc.expectFrame(fText, []byte("abc"))
+		rc.send(byte(opText), []byte("a"))
+		rc.send(byte(opContinuation), []byte("b"))
+		rc.send(byte(opContinuation), []byte("c"))
+		rc.send(fCont, []byte("d"))
+		if reason := rc.expectClose(CloseMessageTooBig); reason != "message arrives in more than 3 fragments" {
+			t.Fatalf("reason %q", reason)
+		}
+		unbounded, _ := echoServer(t, &AcceptOptions{ConnOptions: ConnOptions{MaxFragments: -1}})
+		rc = connectRaw(t, unbounded)
+		var b []byte
+		b = append(b, frame(byte(opText), true, []byte("a"))...)
+		for i := 0; i < 3*DefaultMaxFragments; i++ {
+			b = append(b, frame(byte(opContinuation), true, nil)...)
+		}
+		b = append(b, frame(fCont, true, []byte("z"))...)
+		rc.sendRaw(b)
+		rc.expectFrame(fText, []byte("az"))
+	})
+}
+
+// TestHostileHTTP10 sends an otherwise valid upgrade as HTTP/1.0, which
+// RFC 6455 section 4.1 does not allow: the answer is 426, as coder/websocket
+// answers it.
+func TestHostileHTTP10(t *testing.T) {
+	srv, errs := echoServer(t, nil)
+	req := strings.Replace(handshakeRequest(srv.Listener.Addr().String()), "HTTP/1.1", "HTTP/1.0", 1)
+	_, resp := dialRaw(t, srv, req, nil)
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusUpgradeRequired {
+		t.Fatalf("status %d, want 426", resp.StatusCode)
+	}
+	if !strings.Contains(string(body), "HTTP/1.1") || resp.Header.Get("Upgrade") != "websocket" {
+		t.Fatalf("body %q, headers %v", body, resp.Header)
+	}
+	err := <-errs
+	var he *HandshakeError
+	if !errors.As(err, &he) || he.StatusCode != http.StatusUpgradeRequired {
+		t.Fatalf("Accept returned %v", err)
+	}
+}
