@@ -1,12 +1,20 @@
 package realtime
 
 import (
+	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"os"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -215,5 +223,145 @@ func TestHostileHTTP10(t *testing.T) {
 	var he *HandshakeError
 	if !errors.As(err, &he) || he.StatusCode != http.StatusUpgradeRequired {
 		t.Fatalf("Accept returned %v", err)
+	}
+}
+
+// stallConn is a server-side connection whose writes, once stalled, block
+// as a write to a peer that stopped reading does: until the write deadline
+// passes or the connection is closed.
+type stallConn struct {
+	net.Conn
+	stalled  atomic.Bool
+	mu       sync.Mutex
+	deadline time.Time
+	closed   chan struct{}
+	once     sync.Once
+}
+
+func (c *stallConn) SetDeadline(t time.Time) error {
+	c.mu.Lock()
+	c.deadline = t
+	c.mu.Unlock()
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *stallConn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	c.deadline = t
+	c.mu.Unlock()
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *stallConn) Write(p []byte) (int, error) {
+	if !c.stalled.Load() {
+		return c.Conn.Write(p)
+	}
+	c.mu.Lock()
+	d := c.deadline
+	c.mu.Unlock()
+	var expired <-chan time.Time
+	if !d.IsZero() {
+		timer := time.NewTimer(time.Until(d))
+		defer timer.Stop()
+		expired = timer.C
+	}
+	select {
+	case <-expired:
+		return 0, os.ErrDeadlineExceeded
+	case <-c.closed:
+		return 0, net.ErrClosed
+	}
+}
+
+func (c *stallConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
+// stallListener wraps every accepted connection in a stallConn and hands
+// it to the test.
+type stallListener struct {
+	net.Listener
+	conns chan *stallConn
+}
+
+func (l *stallListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	sc := &stallConn{Conn: nc, closed: make(chan struct{})}
+	l.conns <- sc
+	return sc, nil
+}
+
+// TestHostileBlockedPeerHeartbeat: one connection's writes block (its peer
+// stopped reading) while its ping is due. The heartbeat goes on pinging
+// everyone else every interval, honest idle clients stay open, and the
+// blocked one is closed for not answering.
+func TestHostileBlockedPeerHeartbeat(t *testing.T) {
+	mgr := NewMemoryManager()
+	if err := mgr.Create("doc", json.RawMessage(`{"count":0}`), testFunctions...); err != nil {
+		t.Fatal(err)
+	}
+	const interval = 100 * time.Millisecond
+	srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: interval, Logger: quietLogger}) // idle timeout 300 ms
+	hs := httptest.NewUnstartedServer(srv)
+	ln := &stallListener{Listener: hs.Listener, conns: make(chan *stallConn, 10)}
+	hs.Listener = ln
+	hs.Start()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		hs.Close()
+	})
+
+	blocked := connectRaw(t, hs)
+	(<-ln.conns).stalled.Store(true) // every write to it blocks from now on
+	_ = blocked                      // it never reads: its server side cannot write
+
+	const honest, wantPings = 4, 10
+	type outcome struct {
+		i   int
+		err error
+	}
+	results := make(chan outcome, honest)
+	for i := 0; i < honest; i++ {
+		rc := connectRaw(t, hs)
+		<-ln.conns
+		go func() {
+			// Answer each ping; an honest client sends nothing else, so
+			// it stays open only while the heartbeat keeps pinging it.
+			for pings := 0; pings < wantPings; {
+				f, err := rc.readFrame()
+				if err != nil {
+					results <- outcome{i, fmt.Errorf("after %d pings: %v", pings, err)}
+					return
+				}
+				switch f.op() {
+				case opPing:
+					pings++
+					if _, err := rc.nc.Write(frame(fPong, true, f.payload)); err != nil {
+						results <- outcome{i, err}
+						return
+					}
+				case opClose:
+					results <- outcome{i, fmt.Errorf("closed after %d pings: %d %q", pings, binary.BigEndian.Uint16(f.payload), f.payload[2:])}
+					return
+				}
+			}
+			results <- outcome{i, nil}
+		}()
+	}
+	for i := 0; i < honest; i++ {
+		if r := <-results; r.err != nil {
+			t.Fatalf("honest client %d: %v", r.i, r.err)
+		}
+	}
+	// The blocked peer never answered: the heartbeat closed it.
+	waitFor(t, func() bool { return srv.Stats().HeartbeatCloses == 1 })
+	if n := srv.Stats().Connections; n != honest {
+		t.Fatalf("%d connections open, want the %d honest ones", n, honest)
 	}
 }

@@ -70,20 +70,32 @@ func (c *Conn) writeFrames(ctx context.Context, frames [][]byte) error {
 	return nil
 }
 
-// pingNoWait sends a ping with an empty payload without waiting: when
-// another goroutine is writing, that goroutine sends it when it is done.
-// It reports false when the connection is closed or closing.
-func (c *Conn) pingNoWait() bool {
+// requestPing records that a ping with an empty payload is owed to the
+// peer, without writing anything: the next goroutine to write on the
+// connection sends it (see flushControl). So the caller never waits on a
+// peer that stopped reading. It reports false when the connection is closed
+// or closing.
+func (c *Conn) requestPing() bool {
 	if c.isClosed() || c.closeSent.Load() {
 		return false
 	}
 	c.pingPending.Store(true)
+	return true
+}
+
+// flushControl sends the ping and pong owed to the peer, unless another
+// goroutine is writing (it sends them when it is done). It may block for
+// up to the write timeout, so only a goroutine of this connection's own
+// calls it.
+func (c *Conn) flushControl() {
+	if !c.pingPending.Load() && !c.pongPending.Load() {
+		return
+	}
 	select {
 	case c.frameSem <- struct{}{}:
 		c.releaseFrame()
 	default:
 	}
-	return true
 }
 
 // pongCount returns the number of pongs received so far.

@@ -469,7 +469,9 @@ func (s *Server) goClose(conn *Conn, code StatusCode, reason string) {
 }
 
 // heartbeat pings every connection each interval and closes those that did
-// not answer the previous ping (half-open connections, vanished peers).
+// not answer the previous ping (half-open connections, vanished peers). It
+// writes nothing itself: each ping is sent by its connection's writer, so a
+// peer that stopped reading never delays the sweep over the others.
 func (s *Server) heartbeat() {
 	defer s.wg.Done()
 	t := time.NewTicker(s.opts.HeartbeatInterval)
@@ -496,7 +498,7 @@ func (s *Server) heartbeat() {
 				continue
 			}
 			sess.pongsSeen = pongs
-			sess.pinged = sess.conn.pingNoWait()
+			sess.pinged = sess.ping()
 		}
 		clear(sessions)
 	}

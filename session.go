@@ -126,8 +126,17 @@ func (s *session) close(code StatusCode, reason string, drain bool) {
 // ends; a later enqueue starts a new one.
 func (s *session) writeLoop() {
 	defer s.srv.wg.Done()
+	flushed := false
 	for {
 		s.mu.Lock()
+		if len(s.queue) == 0 && !flushed {
+			// A ping the heartbeat asked for (batches send owed control
+			// frames too; this covers a writer started for the ping alone).
+			flushed = true
+			s.mu.Unlock()
+			s.conn.flushControl()
+			continue
+		}
 		if len(s.queue) == 0 {
 			s.writing = false
 			code, reason := s.closeCode, s.closeReason
@@ -182,6 +191,19 @@ func (s *session) writeBatch(frames [][]byte) (int, int, error) {
 		frames = frames[n:]
 	}
 	return count, written, nil
+}
+
+// ping has the connection's writer send a ping, starting it if needed. It
+// never blocks: a peer whose socket is full delays only its own writer. It
+// reports false when the connection is closing.
+func (s *session) ping() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing || !s.conn.requestPing() {
+		return false
+	}
+	s.startWriterLocked()
+	return true
 }
 
 // forget drops a subscription that ended (its share data was removed).
