@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -149,8 +150,32 @@ func TestExactlyOnceInOrder(t *testing.T) {
 // once its queue passes the cap, while two fast subscribers receive every
 // one of 1,000 transactions of 8 KiB.
 func TestSlowConsumer(t *testing.T) {
-	rs := newRTServer(t, &ServerOptions{MaxBufferedBytes: 256 << 10})
+	decided := make(chan struct{}, 1)
+	rs := newRTServer(t, &ServerOptions{MaxBufferedBytes: 256 << 10,
+		Logger: slog.New(&signalHandler{Handler: quietLogger.Handler(), msg: "realtime: closing a slow consumer", ch: decided})})
 	slow := dialSlowRaw(t, rs)
+	// The slow client starts reading once the server has decided to close
+	// it: the close frame waits behind the blocked write for at most the
+	// close timeout, however long the fast subscribers take.
+	slowEnd := make(chan error, 1)
+	go func() {
+		<-decided
+		for {
+			f, err := slow.readFrame()
+			if err != nil {
+				slowEnd <- fmt.Errorf("slow client: %v before a close frame", err)
+				return
+			}
+			if f.op() == opClose {
+				if code := StatusCode(int(f.payload[0])<<8 | int(f.payload[1])); code != CloseFellBehind {
+					slowEnd <- fmt.Errorf("slow client closed with %s", code)
+					return
+				}
+				slowEnd <- nil
+				return
+			}
+		}
+	}()
 	fast := []*testClient{dialRT(t, rs.url, nil), dialRT(t, rs.url, nil)}
 	for _, c := range fast {
 		c.subscribe("doc")
@@ -175,19 +200,9 @@ func TestSlowConsumer(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, func() bool { return rs.Stats().SlowConsumerCloses == 1 })
-	// Now the slow client reads: frames, then the close frame with 4001.
-	for {
-		f, err := slow.readFrame()
-		if err != nil {
-			t.Fatalf("slow client: %v before a close frame", err)
-		}
-		if f.op() == opClose {
-			if code := StatusCode(int(f.payload[0])<<8 | int(f.payload[1])); code != CloseFellBehind {
-				t.Fatalf("slow client closed with %s", code)
-			}
-			break
-		}
+	// The slow client read frames, then the close frame with 4001.
+	if err := <-slowEnd; err != nil {
+		t.Fatal(err)
 	}
 	if s := rs.Stats(); s.SlowConsumerCloses != 1 {
 		t.Fatalf("stats %+v", s)
@@ -318,3 +333,24 @@ func TestMaxConnections(t *testing.T) {
 		t.Fatalf("second connection: %v", err)
 	}
 }
+
+// signalHandler is a log handler that signals ch (without blocking) each
+// time a record with message msg is logged: tests wait on what the server
+// decided rather than on time.
+type signalHandler struct {
+	slog.Handler
+	msg string
+	ch  chan struct{}
+}
+
+func (h *signalHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		select {
+		case h.ch <- struct{}{}:
+		default:
+		}
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *signalHandler) Enabled(context.Context, slog.Level) bool { return true }
