@@ -74,6 +74,12 @@ type JWTOptions struct {
 	Leeway time.Duration
 	// DisableQueryToken stops the "token" query parameter from being read.
 	DisableQueryToken bool
+	// MaxTokenSize is the longest token, in bytes, that is looked at: a
+	// longer one is refused before any decoding or parsing, so an
+	// oversized token costs no more than a normal one. Zero means
+	// DefaultMaxTokenSize (8 KiB); a subprotocol token is measured
+	// decoded, and its base64url form may be a third longer.
+	MaxTokenSize int
 	// Now returns the current time; nil means time.Now. For tests.
 	Now func() time.Time
 }
@@ -81,9 +87,13 @@ type JWTOptions struct {
 // DefaultJWTLeeway is the clock skew tolerated by default.
 const DefaultJWTLeeway = 5 * time.Second
 
+// DefaultMaxTokenSize is the longest token accepted by default: 8 KiB,
+// several times a token with a few dozen claims and an RSA signature.
+const DefaultMaxTokenSize = 8 << 10
+
 // Claims is the per-connection value of a connection admitted by the JWT
 // bridge: it reaches every authorizer. Its ExpiresAt makes the server close
-// the connection with 4002 when the token expires.
+// the connection with 4002 when the token expires, leeway included.
 type Claims struct {
 	Subject  string    // sub
 	Issuer   string    // iss, one of the authorities
@@ -94,10 +104,16 @@ type Claims struct {
 	ShareDataIDs []string
 	// Raw holds every claim of the token.
 	Raw jwt.MapClaims
+
+	leeway time.Duration // the leeway the token was admitted with
 }
 
-// ExpiresAt returns the token's expiry.
-func (c *Claims) ExpiresAt() time.Time { return c.Expiry }
+// ExpiresAt returns when the connection's authentication ends: the token's
+// exp plus the leeway it was checked with at the upgrade. A token admitted
+// inside the leeway (expired a moment ago by the server's clock) therefore
+// keeps its connection for the rest of the leeway, rather than being
+// admitted and closed at once.
+func (c *Claims) ExpiresAt() time.Time { return c.Expiry.Add(c.leeway) }
 
 // ErrNoToken is matched by the error of a request that carries no token.
 var ErrNoToken = errors.New("no token")
@@ -159,9 +175,20 @@ type jwtAuthority struct {
 // the "token" query parameter (unless disabled), then from a subprotocol
 // starting with SubprotocolTokenPrefix. It must be signed with an algorithm
 // its key accepts ("none" never is), carry exp (checked), and its nbf and
-// iat are honoured, all with the leeway. A refusal is an *AuthError with
-// status 401 and a WWW-Authenticate: Bearer header (error="invalid_token"
-// for a bad token); its reason never contains the token.
+// iat are honoured, all with the leeway. A token longer than MaxTokenSize
+// is refused before it is decoded.
+//
+// A refusal is an *AuthError with status 401 and a WWW-Authenticate: Bearer
+// header (error="invalid_token" for a bad token). Until the signature is
+// verified, every refusal reads the same ("invalid token: could not be
+// verified": malformed, an
+// issuer or key id that is not trusted, an algorithm not accepted, a bad
+// signature), so a caller without a key learns nothing of which issuers and
+// key ids are trusted; the precise cause is the AuthError's Err, which the
+// server logs at Debug. Once the signature holds, the reason says which
+// claim failed (expired, not valid yet, issued in the future, exp missing),
+// so an honest client knows to refresh its token. No reason and no cause
+// contains the token.
 //
 // It returns an error when an authority or key is unusable.
 func NewJWTAuthenticator(opts JWTOptions) (func(r *http.Request) (any, error), error) {
@@ -210,6 +237,10 @@ func NewJWTAuthenticator(opts JWTOptions) (func(r *http.Request) (any, error), e
 	if now == nil {
 		now = time.Now
 	}
+	maxSize := opts.MaxTokenSize
+	if maxSize <= 0 {
+		maxSize = DefaultMaxTokenSize
+	}
 	parser := jwt.NewParser(
 		jwt.WithValidMethods(methods),
 		jwt.WithExpirationRequired(),
@@ -246,40 +277,94 @@ func NewJWTAuthenticator(opts JWTOptions) (func(r *http.Request) (any, error), e
 		return k.key, nil
 	}
 	return func(r *http.Request) (any, error) {
-		raw, err := tokenFromRequest(r, !opts.DisableQueryToken)
-		if err != nil {
+		raw, err := tokenFromRequest(r, !opts.DisableQueryToken, maxSize)
+		if errors.Is(err, ErrNoToken) {
+			// RFC 6750 section 3.1: no error code for a request without
+			// credentials.
 			return nil, &AuthError{Status: http.StatusUnauthorized,
 				Header: http.Header{"Www-Authenticate": {`Bearer realm="realtime"`}}, Reason: err.Error()}
 		}
+		if err != nil {
+			return nil, invalidToken(err.Error(), nil)
+		}
 		tok, err := parser.Parse(raw, keyfunc)
 		if err != nil {
-			reason := tokenErrorReason(err)
-			return nil, &AuthError{Status: http.StatusUnauthorized,
-				Header: http.Header{"Www-Authenticate": {`Bearer realm="realtime", error="invalid_token", error_description="` + reason + `"`}},
-				Reason: "invalid token: " + reason}
+			return nil, invalidToken(tokenErrorReason(err), err)
 		}
-		return claimsOf(tok.Claims.(jwt.MapClaims))
+		c, err := claimsOf(tok.Claims.(jwt.MapClaims))
+		if err != nil {
+			return nil, invalidToken(err.Error(), nil)
+		}
+		c.leeway = leeway
+		return c, nil
 	}, nil
 }
 
+// reasonUnverified is the one reason given for every refusal before the
+// signature is verified.
+const reasonUnverified = "could not be verified"
+
+// invalidToken is the refusal of a bad token: 401 with an RFC 6750
+// invalid_token challenge whose description is reason, and cause kept for
+// the server's log.
+func invalidToken(reason string, cause error) *AuthError {
+	return &AuthError{Status: http.StatusUnauthorized,
+		Header: http.Header{"Www-Authenticate": {`Bearer realm="realtime", error="invalid_token", error_description=` + quoteDescription(reason)}},
+		Reason: "invalid token: " + reason, Err: cause}
+}
+
+// quoteDescription makes s an RFC 7235 quoted-string that is also a valid
+// RFC 6750 error_description, whose characters must be printable ASCII
+// other than '"' and '\' even when escaped: quotes become apostrophes, a
+// backslash a slash, and anything else outside the set a question mark.
+func quoteDescription(s string) string {
+	b := make([]byte, 0, len(s)+2)
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"':
+			b = append(b, '\'')
+		case c == '\\':
+			b = append(b, '/')
+		case c < 0x20 || c > 0x7e:
+			b = append(b, '?')
+		default:
+			b = append(b, c)
+		}
+	}
+	return string(append(b, '"'))
+}
+
 // tokenFromRequest finds the token: Authorization header, query
-// parameter, then subprotocol.
-func tokenFromRequest(r *http.Request, query bool) (string, error) {
+// parameter, then subprotocol. A token longer than max is refused before it
+// is decoded.
+func tokenFromRequest(r *http.Request, query bool, max int) (string, error) {
+	tooLong := fmt.Errorf("token longer than %d bytes", max)
 	if h := r.Header.Get("Authorization"); h != "" {
 		scheme, tok, ok := strings.Cut(h, " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
 			return "", errors.New("Authorization header is not a bearer token")
 		}
-		return strings.TrimSpace(tok), nil
+		if tok = strings.TrimSpace(tok); len(tok) > max {
+			return "", tooLong
+		}
+		return tok, nil
 	}
 	if query {
 		if tok := r.URL.Query().Get("token"); tok != "" {
+			if len(tok) > max {
+				return "", tooLong
+			}
 			return tok, nil
 		}
 	}
 	for _, p := range headerTokens(r.Header.Values("Sec-WebSocket-Protocol")) {
 		if enc, ok := strings.CutPrefix(p, SubprotocolTokenPrefix); ok {
-			b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(enc, "="))
+			enc = strings.TrimRight(enc, "=")
+			if base64.RawURLEncoding.DecodedLen(len(enc)) > max {
+				return "", tooLong
+			}
+			b, err := base64.RawURLEncoding.DecodeString(enc)
 			if err != nil {
 				return "", errors.New("token subprotocol is not base64url")
 			}
@@ -289,15 +374,14 @@ func tokenFromRequest(r *http.Request, query bool) (string, error) {
 	return "", fmt.Errorf("%w: send Authorization: Bearer, the token query parameter or the %s subprotocol", ErrNoToken, SubprotocolTokenPrefix+"...")
 }
 
-// tokenErrorReason says briefly why jwt refused a token, without quoting
-// it.
+// tokenErrorReason says why jwt refused a token. Before the signature is
+// verified it says only reasonUnverified; the claims are checked only
+// after it (jwt/v5 verifies first), and their failures are named.
 func tokenErrorReason(err error) string {
-	if strings.Contains(err.Error(), "signing method") {
-		return "algorithm not accepted" // none, or one no key accepts
+	if !errors.Is(err, jwt.ErrTokenInvalidClaims) {
+		return reasonUnverified
 	}
 	switch {
-	case errors.Is(err, jwt.ErrTokenMalformed):
-		return "malformed"
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return "expired"
 	case errors.Is(err, jwt.ErrTokenNotValidYet):
@@ -306,17 +390,8 @@ func tokenErrorReason(err error) string {
 		return "issued in the future"
 	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
 		return "exp claim missing"
-	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
-		return "bad signature"
-	case errors.Is(err, jwt.ErrTokenUnverifiable):
-		// The keyfunc's own message: our text, never the token's.
-		var msg string
-		for e := err; e != nil; e = errors.Unwrap(e) {
-			msg = e.Error()
-		}
-		return msg
 	}
-	return "refused"
+	return "claims refused"
 }
 
 // claimsOf turns verified claims into the per-connection value.
@@ -332,13 +407,13 @@ func claimsOf(m jwt.MapClaims) (*Claims, error) {
 	if v, ok := m[ClaimShareDataIDs]; ok {
 		list, ok := v.([]any)
 		if !ok {
-			return nil, &AuthError{Status: http.StatusUnauthorized, Reason: "invalid token: " + ClaimShareDataIDs + " is not an array"}
+			return nil, errors.New(ClaimShareDataIDs + " is not an array")
 		}
 		c.ShareDataIDs = make([]string, 0, len(list))
 		for _, x := range list {
 			s, ok := x.(string)
 			if !ok {
-				return nil, &AuthError{Status: http.StatusUnauthorized, Reason: "invalid token: " + ClaimShareDataIDs + " holds a non-string"}
+				return nil, errors.New(ClaimShareDataIDs + " holds a non-string")
 			}
 			c.ShareDataIDs = append(c.ShareDataIDs, s)
 		}
@@ -350,8 +425,23 @@ func claimsOf(m jwt.MapClaims) (*Claims, error) {
 // connections admitted by NewJWTAuthenticator: it admits a subscribe only
 // when the token's audience includes AudienceShareData and, if the token
 // has a shareDataIds claim, the id matches one of its entries. It is the
-// Go form of shareDataAudienceAuthorizer of @degenerate/realtime.
+// Go form of shareDataAudienceAuthorizer of @degenerate/realtime. Install
+// ShareDataAudienceProposeAuthorizer with it: without a propose
+// authorizer, a token that may not read a share data may still change it.
 func ShareDataAudienceAuthorizer(ctx context.Context, auth any, shareDataID string) error {
+	return shareDataGranted(auth, shareDataID)
+}
+
+// ShareDataAudienceProposeAuthorizer is the AuthorizePropose hook that
+// goes with ShareDataAudienceAuthorizer: a proposal is admitted by the same
+// rule (audience AudienceShareData, and the share data id granted by the
+// shareDataIds claim when the token has one), whatever the function.
+func ShareDataAudienceProposeAuthorizer(ctx context.Context, auth any, shareDataID, functionID string) error {
+	return shareDataGranted(auth, shareDataID)
+}
+
+// shareDataGranted is the rule of both audience authorizers.
+func shareDataGranted(auth any, shareDataID string) error {
 	c, ok := auth.(*Claims)
 	if !ok {
 		return errors.New("not authenticated with a token")

@@ -128,25 +128,30 @@ func TestJWTAuthenticator(t *testing.T) {
 			}
 		})
 	}
+	// Before the signature is verified every refusal reads the same (the
+	// precise cause is only in the error, for the server's log); after
+	// it, the failed claim is named.
+	const unverified = "could not be verified"
 	refused := []struct {
-		name, token, reason string
+		name, token, reason, cause string
 	}{
-		{"expired", sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("hmac-issuer", func(c jwt.MapClaims) { c["exp"] = time.Now().Add(-time.Minute).Unix() })), "expired"},
-		{"not yet valid", sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("hmac-issuer", func(c jwt.MapClaims) { c["nbf"] = time.Now().Add(time.Minute).Unix() })), "not valid yet"},
-		{"issued in the future", sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("hmac-issuer", func(c jwt.MapClaims) { c["iat"] = time.Now().Add(time.Minute).Unix() })), "issued in the future"},
-		{"no exp", sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("hmac-issuer", func(c jwt.MapClaims) { delete(c, "exp") })), "exp claim missing"},
-		{"wrong issuer", sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("someone-else")), "issuer is not trusted"},
-		{"no issuer", sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("", func(c jwt.MapClaims) { delete(c, "iss") })), "issuer is not trusted"},
-		{"unknown kid", sign(t, jwt.SigningMethodHS256, k.hmac, "k9", claimsFor("hmac-issuer")), "unknown key id"},
-		{"no kid with several keys", sign(t, jwt.SigningMethodHS256, k.hmac, "", claimsFor("hmac-issuer")), "no key id"},
-		{"wrong key for the kid", sign(t, jwt.SigningMethodHS256, k.hmacRotated, "k1", claimsFor("hmac-issuer")), "bad signature"},
-		{"alg not allowed for the key", sign(t, jwt.SigningMethodHS512, k.hmacRotated, "k2", claimsFor("hmac-issuer")), "not accepted"},
-		{"HS256 signed with the RSA public key", sign(t, jwt.SigningMethodHS256, rsaPubPEM, "", claimsFor("rsa-issuer")), "not accepted"},
-		{"EdDSA signed by another key", sign(t, jwt.SigningMethodEdDSA, otherEd, "", claimsFor("ed-issuer")), "bad signature"},
-		{"none", noneTok, "not accepted"},
-		{"malformed", "not.a.token", "malformed"},
-		{"garbage", "garbage", "malformed"},
+		{"expired", sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("hmac-issuer", func(c jwt.MapClaims) { c["exp"] = time.Now().Add(-time.Minute).Unix() })), "expired", "expired"},
+		{"not yet valid", sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("hmac-issuer", func(c jwt.MapClaims) { c["nbf"] = time.Now().Add(time.Minute).Unix() })), "not valid yet", "not valid yet"},
+		{"issued in the future", sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("hmac-issuer", func(c jwt.MapClaims) { c["iat"] = time.Now().Add(time.Minute).Unix() })), "issued in the future", "used before issued"},
+		{"no exp", sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("hmac-issuer", func(c jwt.MapClaims) { delete(c, "exp") })), "exp claim missing", "exp claim is required"},
+		{"wrong issuer", sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("someone-else")), unverified, "issuer is not trusted"},
+		{"no issuer", sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("", func(c jwt.MapClaims) { delete(c, "iss") })), unverified, "issuer is not trusted"},
+		{"unknown kid", sign(t, jwt.SigningMethodHS256, k.hmac, "k9", claimsFor("hmac-issuer")), unverified, "unknown key id"},
+		{"no kid with several keys", sign(t, jwt.SigningMethodHS256, k.hmac, "", claimsFor("hmac-issuer")), unverified, "no key id"},
+		{"wrong key for the kid", sign(t, jwt.SigningMethodHS256, k.hmacRotated, "k1", claimsFor("hmac-issuer")), unverified, "signature is invalid"},
+		{"alg not allowed for the key", sign(t, jwt.SigningMethodHS512, k.hmacRotated, "k2", claimsFor("hmac-issuer")), unverified, `algorithm "HS512" is not accepted`},
+		{"HS256 signed with the RSA public key", sign(t, jwt.SigningMethodHS256, rsaPubPEM, "", claimsFor("rsa-issuer")), unverified, `algorithm "HS256" is not accepted`},
+		{"EdDSA signed by another key", sign(t, jwt.SigningMethodEdDSA, otherEd, "", claimsFor("ed-issuer")), unverified, "signature is invalid"},
+		{"none", noneTok, unverified, "signing method none is invalid"},
+		{"malformed", "not.a.token", unverified, "malformed"},
+		{"garbage", "garbage", unverified, "malformed"},
 	}
+	unverifiedAnswers := map[string]bool{}
 	for _, tc := range refused {
 		t.Run("refuses "+tc.name, func(t *testing.T) {
 			_, err := authenticate(bearer(tc.token))
@@ -154,16 +159,26 @@ func TestJWTAuthenticator(t *testing.T) {
 			if !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
 				t.Fatalf("got %v, want a 401 AuthError", err)
 			}
-			if !strings.Contains(ae.Reason, tc.reason) {
-				t.Fatalf("reason %q, want it to mention %q", ae.Reason, tc.reason)
+			if want := "invalid token: " + tc.reason; ae.Reason != want {
+				t.Fatalf("reason %q, want %q", ae.Reason, want)
 			}
-			if !strings.Contains(ae.Header.Get("WWW-Authenticate"), `error="invalid_token"`) {
-				t.Fatalf("WWW-Authenticate %q", ae.Header.Get("WWW-Authenticate"))
+			if ae.Err == nil || !strings.Contains(ae.Err.Error(), tc.cause) || !strings.Contains(err.Error(), tc.cause) {
+				t.Fatalf("cause %v, want it to mention %q", ae.Err, tc.cause)
 			}
-			if len(tc.token) > 8 && strings.Contains(err.Error()+ae.Header.Get("WWW-Authenticate"), tc.token[len(tc.token)-8:]) {
+			www := ae.Header.Get("WWW-Authenticate")
+			if want := `Bearer realm="realtime", error="invalid_token", error_description="` + tc.reason + `"`; www != want {
+				t.Fatalf("WWW-Authenticate %s, want %s", www, want)
+			}
+			if tc.reason == unverified {
+				unverifiedAnswers[ae.Reason+"|"+www] = true
+			}
+			if len(tc.token) > 8 && strings.Contains(err.Error()+www, tc.token[len(tc.token)-8:]) {
 				t.Fatalf("the error quotes the token")
 			}
 		})
+	}
+	if len(unverifiedAnswers) != 1 {
+		t.Fatalf("refusals before the signature check differ: %v", unverifiedAnswers)
 	}
 	t.Run("refuses a missing token", func(t *testing.T) {
 		_, err := authenticate(httptest.NewRequest("GET", "/realtime", nil))
@@ -293,8 +308,13 @@ func TestJWTOverConnections(t *testing.T) {
 		c2.subscribe("other")
 	})
 	t.Run("closed with 4002 when the token expires", func(t *testing.T) {
-		// exp has one-second resolution; the leeway does not extend a
-		// connection's life.
+		// exp has one-second resolution. With no leeway the connection
+		// ends at exp (TestHostileJWTLeeway covers the leeway).
+		strict, err := NewJWTAuthenticator(JWTOptions{Authorities: testAuthorities(k), Leeway: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs := newRTServer(t, &ServerOptions{Authenticate: strict, AuthorizeSubscribe: ShareDataAudienceAuthorizer})
 		short := sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("hmac-issuer", func(c jwt.MapClaims) { c["exp"] = time.Now().Add(1500 * time.Millisecond).Unix() }))
 		c := dialRT(t, rs.url, http.Header{"Authorization": {"Bearer " + short}})
 		c.subscribe("doc")

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -46,7 +47,7 @@ func readMessage(c *realtime.Conn) realtime.ServerMessage {
 }
 
 // Mount a server that admits only tokens signed by a trusted issuer and
-// lets them subscribe only with the SHAREDATA audience.
+// lets them subscribe and propose only with the SHAREDATA audience.
 func ExampleNewJWTAuthenticator() {
 	secret := []byte("a-shared-secret-of-the-auth-service")
 	authenticate, err := realtime.NewJWTAuthenticator(realtime.JWTOptions{
@@ -63,11 +64,17 @@ func ExampleNewJWTAuthenticator() {
 	srv := realtime.NewServer(mgr, &realtime.ServerOptions{
 		Authenticate:       authenticate,
 		AuthorizeSubscribe: realtime.ShareDataAudienceAuthorizer,
+		AuthorizePropose:   realtime.ShareDataAudienceProposeAuthorizer,
 	})
-	hs := httptest.NewServer(srv)
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 32 << 10}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	go hs.Serve(ln)
 	defer hs.Close()
 	defer srv.Shutdown(context.Background())
-	url := "ws" + strings.TrimPrefix(hs.URL, "http")
+	url := "ws://" + ln.Addr().String()
 
 	// Without a token, the upgrade is refused before any WebSocket byte.
 	_, _, err = realtime.Dial(context.Background(), url, nil)
@@ -109,11 +116,24 @@ func Example() {
 	})
 	mux := http.NewServeMux()
 	mux.Handle("/realtime", srv)
-	hs := httptest.NewServer(mux)
+	// An http.Server's zero timeouts mean none: without these, a client
+	// that sends its handshake a byte at a time, or keeps idle keep-alive
+	// connections open, holds a connection forever.
+	hs := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second, // the request, the WebSocket handshake included
+		IdleTimeout:       60 * time.Second, // keep-alive connections between requests
+		MaxHeaderBytes:    32 << 10,         // room for a bearer token; net/http's default is 1 MiB
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	go hs.Serve(ln)
 	defer hs.Close()
 	defer srv.Shutdown(context.Background())
 
-	client, err := realtime.NewClient(realtime.ClientOptions{URL: "ws" + strings.TrimPrefix(hs.URL, "http") + "/realtime"})
+	client, err := realtime.NewClient(realtime.ClientOptions{URL: "ws://" + ln.Addr().String() + "/realtime"})
 	if err != nil {
 		panic(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -17,6 +18,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
 )
 
 // The attacks of an outsider with a raw socket, each answered as a careful
@@ -363,5 +366,296 @@ func TestHostileBlockedPeerHeartbeat(t *testing.T) {
 	waitFor(t, func() bool { return srv.Stats().HeartbeatCloses == 1 })
 	if n := srv.Stats().Connections; n != honest {
 		t.Fatalf("%d connections open, want the %d honest ones", n, honest)
+	}
+}
+
+// jwtServer runs the documented JWT setup: the authenticator and both
+// audience authorizers, with leeway and a log of the server's Debug lines.
+func jwtServer(t *testing.T, leeway time.Duration, log *lockedBuffer) *rtServer {
+	t.Helper()
+	k := getKeys(t)
+	authenticate, err := NewJWTAuthenticator(JWTOptions{Authorities: testAuthorities(k), Leeway: leeway})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := &ServerOptions{Authenticate: authenticate,
+		AuthorizeSubscribe: ShareDataAudienceAuthorizer, AuthorizePropose: ShareDataAudienceProposeAuthorizer}
+	if log != nil {
+		opts.Logger = slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return newRTServer(t, opts)
+}
+
+// lockedBuffer is a log destination shared by the server's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestHostileJWTPropose: a token that may not subscribe to a share data
+// may not change it either.
+func TestHostileJWTPropose(t *testing.T) {
+	k := getKeys(t)
+	rs := jwtServer(t, 0, nil)
+	otherOnly := sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("hmac-issuer", func(c jwt.MapClaims) { c[ClaimShareDataIDs] = []string{"other"} }))
+	apiAudience := sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("hmac-issuer", func(c jwt.MapClaims) { c["aud"] = "api" }))
+	full := sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("hmac-issuer"))
+
+	watcher := dialRT(t, rs.url, http.Header{"Authorization": {"Bearer " + full}})
+	watcher.subscribe("doc")
+	for _, tc := range []struct{ name, token, want string }{
+		{"restricted to other", otherOnly, `token does not grant share data "doc"`},
+		{"without the SHAREDATA audience", apiAudience, "token audience does not include SHAREDATA"},
+	} {
+		c := dialRT(t, rs.url, http.Header{"Authorization": {"Bearer " + tc.token}})
+		c.propose("doc", "set", `{"count":666}`, "p1")
+		if r := nextAs[*ProposalResultMessage](c); r.Accepted || r.Error != tc.want || r.CorrelationID != "p1" {
+			t.Fatalf("%s: %s", tc.name, r.AppendJSON(nil))
+		}
+	}
+	// What the restricted token may touch, it may change.
+	c := dialRT(t, rs.url, http.Header{"Authorization": {"Bearer " + otherOnly}})
+	c.propose("other", "increment", `{"by":1}`, "p2")
+	if r := nextAs[*ProposalResultMessage](c); !r.Accepted {
+		t.Fatalf("%s", r.AppendJSON(nil))
+	}
+	// The watcher of doc saw nothing: no refused proposal was applied.
+	watcher.quiet(200 * time.Millisecond)
+	if snap, _ := rs.mgr.Snapshot(context.Background(), "doc"); string(snap.State) != `{"count":0}` {
+		t.Fatalf("doc is %s", snap.State)
+	}
+}
+
+// refusal dials with a header and returns the status, the challenge and
+// the body of the refused upgrade.
+func refusal(t *testing.T, url string, header http.Header, subprotocols ...string) (int, string, string) {
+	t.Helper()
+	_, resp, err := Dial(context.Background(), url, &DialOptions{Header: header, Subprotocols: subprotocols})
+	var he *HandshakeError
+	if !errors.As(err, &he) || resp == nil {
+		t.Fatalf("dial: %v", err)
+	}
+	return he.StatusCode, resp.Header.Get("WWW-Authenticate"), string(he.Body)
+}
+
+// TestHostileJWTOversizedToken: a token over the size bound is refused
+// before it is decoded, from every source.
+func TestHostileJWTOversizedToken(t *testing.T) {
+	rs := jwtServer(t, 0, nil)
+	huge := "eyJhbGciOiJub25lIn0." + strings.Repeat("A", 930<<10) + "." // an unsigned 930 KB token
+	sources := map[string]func() (int, string, string){
+		"header": func() (int, string, string) {
+			return refusal(t, rs.url, http.Header{"Authorization": {"Bearer " + huge}})
+		},
+		"query": func() (int, string, string) { return refusal(t, rs.url+"?token="+huge, nil) },
+		"subprotocol": func() (int, string, string) {
+			return refusal(t, rs.url, nil, Subprotocol, SubprotocolTokenPrefix+strings.Repeat("A", 930<<10))
+		},
+	}
+	for name, src := range sources {
+		status, www, body := src()
+		if status != 401 || !strings.Contains(body, "invalid token: token longer than 8192 bytes") ||
+			www != `Bearer realm="realtime", error="invalid_token", error_description="token longer than 8192 bytes"` {
+			t.Fatalf("%s: %d %q %q", name, status, www, body)
+		}
+	}
+	// At the bound the token is looked at (and refused for what it is).
+	atBound := "eyJhbGciOiJub25lIn0." + strings.Repeat("A", DefaultMaxTokenSize-21) + "."
+	if len(atBound) != DefaultMaxTokenSize {
+		t.Fatalf("test token has %d bytes", len(atBound))
+	}
+	if _, _, body := refusal(t, rs.url, http.Header{"Authorization": {"Bearer " + atBound}}); !strings.Contains(body, "invalid token: could not be verified") {
+		t.Fatalf("body %q", body)
+	}
+}
+
+// TestHostileJWTEnumeration: without a key, an attacker cannot tell a
+// trusted issuer or key id from an untrusted one; the server's Debug log
+// has the precise cause, and never the token.
+func TestHostileJWTEnumeration(t *testing.T) {
+	var log lockedBuffer
+	rs := jwtServer(t, 0, &log)
+	forged := []byte("an attacker's guess at the secret")
+	probes := []struct{ name, token, cause string }{
+		{"trusted issuer, known kid", sign(t, jwt.SigningMethodHS256, forged, "k1", claimsFor("hmac-issuer")), "signature is invalid"},
+		{"trusted issuer, unknown kid", sign(t, jwt.SigningMethodHS256, forged, "k9", claimsFor("hmac-issuer")), "unknown key id"},
+		{"untrusted issuer", sign(t, jwt.SigningMethodHS256, forged, "k1", claimsFor("nobody")), "issuer is not trusted"},
+		{"trusted issuer, algorithm of another key", sign(t, jwt.SigningMethodHS512, forged, "k2", claimsFor("hmac-issuer")), "is not accepted"},
+		{"unsigned", sign(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, "", claimsFor("hmac-issuer")), "signing method none is invalid"},
+		{"malformed", "eyJhbGciOiJIUzI1NiJ9.bm90IGpzb24.c2ln", "malformed"},
+	}
+	var first string
+	for _, p := range probes {
+		status, www, body := refusal(t, rs.url, http.Header{"Authorization": {"Bearer " + p.token}})
+		answer := fmt.Sprintf("%d|%s|%s", status, www, body)
+		if first == "" {
+			first = answer
+		}
+		if answer != first {
+			t.Fatalf("%s answered %s; the first probe was answered %s", p.name, answer, first)
+		}
+		waitFor(t, func() bool { return strings.Contains(log.String(), p.cause) })
+		if strings.Contains(log.String(), p.token) {
+			t.Fatalf("the log quotes the token")
+		}
+	}
+	if !strings.Contains(first, "invalid token: could not be verified") {
+		t.Fatalf("answer %s", first)
+	}
+}
+
+// parseChallenge parses a WWW-Authenticate value holding one challenge
+// strictly by RFC 7235: scheme, then auth-params whose values are tokens
+// or quoted-strings. It returns the params, unescaped.
+func parseChallenge(v string) (string, map[string]string, error) {
+	isTchar := func(c byte) bool {
+		return c > 0x20 && c < 0x7f && !strings.ContainsRune("\"(),/:;<=>?@[\\]{}", rune(c))
+	}
+	i := 0
+	token := func() string {
+		start := i
+		for i < len(v) && isTchar(v[i]) {
+			i++
+		}
+		return v[start:i]
+	}
+	ows := func() {
+		for i < len(v) && (v[i] == ' ' || v[i] == '\t') {
+			i++
+		}
+	}
+	scheme := token()
+	if scheme == "" || i == len(v) || v[i] != ' ' {
+		return "", nil, fmt.Errorf("no scheme at %d", i)
+	}
+	params := map[string]string{}
+	for {
+		ows()
+		name := token()
+		ows()
+		if name == "" || i == len(v) || v[i] != '=' {
+			return "", nil, fmt.Errorf("no auth-param at %d", i)
+		}
+		i++
+		ows()
+		var val strings.Builder
+		if i < len(v) && v[i] == '"' {
+			i++
+			for {
+				if i == len(v) {
+					return "", nil, errors.New("unterminated quoted-string")
+				}
+				c := v[i]
+				if c == '"' {
+					i++
+					break
+				}
+				if c == '\\' {
+					if i+1 == len(v) || (v[i+1] < 0x20 && v[i+1] != '\t') || v[i+1] == 0x7f {
+						return "", nil, fmt.Errorf("bad quoted-pair at %d", i)
+					}
+					val.WriteByte(v[i+1])
+					i += 2
+					continue
+				}
+				if (c < 0x20 && c != '\t') || c == 0x7f {
+					return "", nil, fmt.Errorf("control character in quoted-string at %d", i)
+				}
+				val.WriteByte(c)
+				i++
+			}
+		} else {
+			t := token()
+			if t == "" {
+				return "", nil, fmt.Errorf("no value at %d", i)
+			}
+			val.WriteString(t)
+		}
+		params[name] = val.String()
+		ows()
+		if i == len(v) {
+			return scheme, params, nil
+		}
+		if v[i] != ',' {
+			return "", nil, fmt.Errorf("unexpected %q at %d", v[i], i)
+		}
+		i++
+	}
+}
+
+// TestHostileJWTChallengeSyntax: every challenge the JWT bridge sends is a
+// valid RFC 7235 challenge whose error_description keeps to RFC 6750's
+// characters, even for reasons that would carry quotes.
+func TestHostileJWTChallengeSyntax(t *testing.T) {
+	k := getKeys(t)
+	rs := jwtServer(t, 0, nil)
+	tokens := []string{
+		sign(t, jwt.SigningMethodHS512, k.hmacRotated, "k2", claimsFor("hmac-issuer")), // once: algorithm "HS512" is not accepted
+		sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("hmac-issuer", func(c jwt.MapClaims) { c["exp"] = time.Now().Add(-time.Hour).Unix() })),
+		sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("someone \"quoted\"")),
+		"x.y.z",
+	}
+	for _, tok := range tokens {
+		_, www, _ := refusal(t, rs.url, http.Header{"Authorization": {"Bearer " + tok}})
+		scheme, params, err := parseChallenge(www)
+		if err != nil || scheme != "Bearer" || params["realm"] != "realtime" || params["error"] != "invalid_token" {
+			t.Fatalf("WWW-Authenticate %s: %v %v", www, params, err)
+		}
+		for _, c := range []byte(params["error_description"]) {
+			if c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+				t.Fatalf("error_description %q has %q, outside RFC 6750's set", params["error_description"], c)
+			}
+		}
+	}
+	for in, want := range map[string]string{
+		`algorithm "HS256" is not accepted`: `"algorithm 'HS256' is not accepted"`,
+		`a\b`:                               `"a/b"`,
+		"tab\tnew\nline é":                  `"tab?new?line ??"`,
+		"":                                  `""`,
+	} {
+		got := quoteDescription(in)
+		if got != want {
+			t.Errorf("quoteDescription(%q) = %s, want %s", in, got, want)
+		}
+		if _, _, err := parseChallenge("Bearer error_description=" + got); err != nil {
+			t.Errorf("quoteDescription(%q) = %s: %v", in, got, err)
+		}
+	}
+}
+
+// TestHostileJWTLeeway: a token that expired a moment ago, inside the
+// leeway, is admitted and its connection lives out the leeway before 4002;
+// it is not admitted and closed at once.
+func TestHostileJWTLeeway(t *testing.T) {
+	k := getKeys(t)
+	const leeway = 3 * time.Second
+	rs := jwtServer(t, leeway, nil)
+	exp := time.Now().Add(-time.Second).Truncate(time.Second)
+	tok := sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("hmac-issuer", func(c jwt.MapClaims) { c["exp"] = exp.Unix() }))
+	c := dialRT(t, rs.url, http.Header{"Authorization": {"Bearer " + tok}})
+	c.subscribe("doc")
+	c.send(&PingMessage{CorrelationID: "alive"})
+	if p := nextAs[*PongMessage](c); p.CorrelationID != "alive" {
+		t.Fatalf("pong %s", p.AppendJSON(nil))
+	}
+	c.expectClosed(CloseUnauthorized, "token expired")
+	if closedAt, end := time.Now(), exp.Add(leeway); closedAt.Before(end) {
+		t.Fatalf("closed at %v, before the end of the leeway at %v", closedAt.Format(time.StampMilli), end.Format(time.StampMilli))
+	}
+	// Past the leeway the same token is refused at the upgrade.
+	if status, _, body := refusal(t, rs.url, http.Header{"Authorization": {"Bearer " + tok}}); status != 401 || !strings.Contains(body, "invalid token: expired") {
+		t.Fatalf("%d %q", status, body)
 	}
 }

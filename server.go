@@ -112,9 +112,22 @@ type AuthError struct {
 	Status int         // HTTP status; 401 when zero
 	Header http.Header // extra response headers
 	Reason string      // short, for the response body; never the credentials
+	// Err is the precise cause, for the server's log (at Debug) and for
+	// errors.Is and errors.As; it is never sent to the client, so it may
+	// say more than Reason (which issuer or key id was not trusted), but
+	// it must not contain the credentials either.
+	Err error
 }
 
-func (e *AuthError) Error() string { return "realtime: authentication failed: " + e.Reason }
+func (e *AuthError) Error() string {
+	if e.Err != nil {
+		return "realtime: authentication failed: " + e.Reason + ": " + e.Err.Error()
+	}
+	return "realtime: authentication failed: " + e.Reason
+}
+
+// Unwrap returns the cause.
+func (e *AuthError) Unwrap() error { return e.Err }
 
 // ErrServerClosed is returned by Shutdown when called again, and answered
 // (as 503) to upgrades that come after Shutdown.

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -241,15 +242,12 @@ func TestDemoPageInChromium(t *testing.T) {
 // Without the token the page cannot connect.
 func TestDemoPageWithToken(t *testing.T) {
 	secret := []byte("browser-test-secret")
-	auth, err := realtime.NewJWTAuthenticator(realtime.JWTOptions{Authorities: []realtime.Authority{{
-		Issuer: "browsertest", Keys: []realtime.VerificationKey{{Key: secret}},
-	}}})
-	if err != nil {
+	mgr := demo.NewManager()
+	opts := &realtime.ServerOptions{ResolveFunction: realtime.IDFunctionResolver(mgr), Logger: quiet}
+	if err := demo.UseJWT(opts, secret, "browsertest"); err != nil {
 		t.Fatal(err)
 	}
-	mgr := demo.NewManager()
-	srv := realtime.NewServer(mgr, &realtime.ServerOptions{Authenticate: auth, AuthorizeSubscribe: realtime.ShareDataAudienceAuthorizer,
-		ResolveFunction: realtime.IDFunctionResolver(mgr), Logger: quiet})
+	srv := realtime.NewServer(mgr, opts)
 	hs := httptest.NewServer(demo.Handler(srv))
 	defer hs.Close()
 	defer srv.Shutdown(context.Background())
@@ -280,5 +278,50 @@ func TestDemoPageWithToken(t *testing.T) {
 	status, _ := chromedp.Run(tab, chromedp.Text(id("status")))
 	if strings.TrimSpace(status) == "open" {
 		t.Fatal("the page connected without a token")
+	}
+}
+
+// TestDemoPageStopsAfterTokenExpiry: a token that expired a moment ago,
+// inside the leeway, opens the page's connection; at the end of the
+// leeway the server closes it with 4002, and the page, which has no fresh
+// token, says so and stops: one upgrade attempt in all, not a redial loop.
+func TestDemoPageStopsAfterTokenExpiry(t *testing.T) {
+	secret := []byte("browser-test-secret")
+	mgr := demo.NewManager()
+	opts := &realtime.ServerOptions{ResolveFunction: realtime.IDFunctionResolver(mgr), Logger: quiet}
+	if err := demo.UseJWT(opts, secret, "browsertest"); err != nil {
+		t.Fatal(err)
+	}
+	srv := realtime.NewServer(mgr, opts)
+	var upgrades atomic.Int32
+	handler := demo.Handler(srv)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/realtime" {
+			upgrades.Add(1)
+		}
+		handler.ServeHTTP(w, r)
+	}))
+	defer hs.Close()
+	defer srv.Shutdown(context.Background())
+	// Expired three to four seconds ago: inside the default 5 s leeway.
+	tok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+		"iss": "browsertest", "sub": "tab", "aud": realtime.AudienceShareData, "exp": time.Now().Add(-3 * time.Second).Unix(),
+	}).SignedString(secret)
+
+	tab := newBrowser(t)
+	if err := chromedp.Do(tab, chromedp.Navigate(hs.URL+"/?token="+tok)); err != nil {
+		t.Fatal(err)
+	}
+	waitText(t, tab, "expiring token", id("count"), "0") // admitted, subscribed
+	waitText(t, tab, "expiring token", id("status"), "closed 4002: token expired")
+	waitText(t, tab, "expiring token", id("error"), "Your token has expired: reload the page with a fresh one.")
+	// The page used to redial within 250 ms of a 4002; give it four times
+	// that to show it does not.
+	time.Sleep(time.Second)
+	if n := upgrades.Load(); n != 1 {
+		t.Fatalf("%d upgrade attempts, want 1", n)
+	}
+	if n := evalInt(t, tab, `realtimeDemo.closes.length`); n != 1 {
+		t.Fatalf("the page saw %d closes, want 1", n)
 	}
 }

@@ -58,15 +58,10 @@ func main() {
 		Logger:            logger,
 	}
 	if *jwtSecret != "" {
-		auth, err := realtime.NewJWTAuthenticator(realtime.JWTOptions{Authorities: []realtime.Authority{{
-			Issuer: *jwtIssuer, Keys: []realtime.VerificationKey{{Key: []byte(*jwtSecret), Algorithms: []string{"HS256"}}},
-		}}})
-		if err != nil {
+		if err := demo.UseJWT(opts, []byte(*jwtSecret), *jwtIssuer); err != nil {
 			logger.Error("JWT bridge", "err", err)
 			os.Exit(2)
 		}
-		opts.Authenticate = auth
-		opts.AuthorizeSubscribe = realtime.ShareDataAudienceAuthorizer
 	}
 	srv := realtime.NewServer(mgr, opts)
 	ln, err := net.Listen("tcp", *addr)
@@ -74,7 +69,7 @@ func main() {
 		logger.Error("listen", "err", err)
 		os.Exit(1)
 	}
-	hs := &http.Server{Handler: demo.Handler(srv), ReadHeaderTimeout: 10 * time.Second}
+	hs := demo.NewHTTPServer(demo.Handler(srv)) // with ReadHeaderTimeout, IdleTimeout, MaxHeaderBytes
 	fmt.Printf("realtime demo: open http://%s/ (realtime endpoint ws://%s/realtime)\n", ln.Addr(), ln.Addr())
 	if *jwtSecret != "" {
 		tok := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{

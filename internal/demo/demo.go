@@ -10,6 +10,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/degenerate/realtime"
@@ -104,4 +105,49 @@ func Handler(srv http.Handler) http.Handler {
 		w.Write(indexHTML)
 	})
 	return mux
+}
+
+// The demo's HTTP server limits (see NewHTTPServer).
+const (
+	// ReadHeaderTimeout bounds the reading of a request's headers, the
+	// WebSocket opening handshake included: a client that sends its
+	// handshake a byte at a time (slowloris) is cut off.
+	ReadHeaderTimeout = 10 * time.Second
+	// IdleTimeout closes keep-alive connections that carry no request,
+	// so idle clients cannot hold file descriptors forever. WebSocket
+	// connections are hijacked and not affected.
+	IdleTimeout = 60 * time.Second
+	// MaxHeaderBytes bounds a request's headers: room for a token of
+	// realtime.DefaultMaxTokenSize (8 KiB) in base64url and the usual
+	// headers, far below net/http's default of 1 MiB.
+	MaxHeaderBytes = 32 << 10
+)
+
+// NewHTTPServer returns the demo's http.Server for h. An http.Server's zero
+// timeouts mean none at all, so every server reachable from outside sets
+// them.
+func NewHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		IdleTimeout:       IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+	}
+}
+
+// UseJWT turns on the JWT bridge in opts: tokens signed with the HS256
+// secret by issuer are admitted, and both subscribe and propose go through
+// the SHAREDATA audience rule, so a token that may not read a share data
+// cannot change it either.
+func UseJWT(opts *realtime.ServerOptions, secret []byte, issuer string) error {
+	auth, err := realtime.NewJWTAuthenticator(realtime.JWTOptions{Authorities: []realtime.Authority{{
+		Issuer: issuer, Keys: []realtime.VerificationKey{{Key: secret, Algorithms: []string{"HS256"}}},
+	}}})
+	if err != nil {
+		return err
+	}
+	opts.Authenticate = auth
+	opts.AuthorizeSubscribe = realtime.ShareDataAudienceAuthorizer
+	opts.AuthorizePropose = realtime.ShareDataAudienceProposeAuthorizer
+	return nil
 }

@@ -4,9 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/degenerate/realtime"
 )
 
 // TestLoopback runs the demo's -loopback walk: every step must behave.
@@ -63,5 +72,70 @@ func TestFunctions(t *testing.T) {
 	json.Unmarshal(snap.State, &b)
 	if len(b.Items) != MaxBoardItems {
 		t.Errorf("board holds %d items, want %d", len(b.Items), MaxBoardItems)
+	}
+}
+
+// TestHTTPServerLimits: the demo's http.Server has the timeouts and
+// header bound an exposed server needs (zero would mean none), and the
+// header bound holds on a real connection.
+func TestHTTPServerLimits(t *testing.T) {
+	hs := NewHTTPServer(http.NotFoundHandler())
+	if hs.ReadHeaderTimeout != 10*time.Second || hs.IdleTimeout != 60*time.Second || hs.MaxHeaderBytes != 32<<10 {
+		t.Fatalf("ReadHeaderTimeout %v, IdleTimeout %v, MaxHeaderBytes %d", hs.ReadHeaderTimeout, hs.IdleTimeout, hs.MaxHeaderBytes)
+	}
+	// Headers past the bound get 431 rather than being buffered.
+	srv := httptest.NewUnstartedServer(hs.Handler)
+	srv.Config = hs
+	srv.Start()
+	defer srv.Close()
+	req, _ := http.NewRequest("GET", srv.URL+"/", nil)
+	req.Header.Set("X-Big", strings.Repeat("a", 64<<10))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("status %d for 64 KiB of headers", resp.StatusCode)
+	}
+}
+
+// TestUseJWT: the demo's JWT setup refuses a proposal to a share data the
+// token does not grant, as it refuses the subscribe.
+func TestUseJWT(t *testing.T) {
+	secret := []byte("demo-test-secret")
+	mgr := NewManager()
+	opts := &realtime.ServerOptions{ResolveFunction: realtime.IDFunctionResolver(mgr), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if err := UseJWT(opts, secret, "demo-test"); err != nil {
+		t.Fatal(err)
+	}
+	srv := realtime.NewServer(mgr, opts)
+	hs := httptest.NewServer(Handler(srv))
+	defer hs.Close()
+	defer srv.Shutdown(context.Background())
+	boardOnly, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+		"iss": "demo-test", "aud": realtime.AudienceShareData, "shareDataIds": []string{"board"}, "exp": time.Now().Add(time.Hour).Unix(),
+	}).SignedString(secret)
+	client, err := realtime.NewClient(realtime.ClientOptions{URL: "ws" + strings.TrimPrefix(hs.URL, "http") + "/realtime",
+		Header: http.Header{"Authorization": {"Bearer " + boardOnly}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := client.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, err = client.Propose(ctx, "demo", "set", json.RawMessage(`{"count":666}`))
+	var pe *realtime.ProposalError
+	if !errors.As(err, &pe) || !strings.Contains(err.Error(), `token does not grant share data "demo"`) {
+		t.Fatalf("propose to demo with a board-only token: %v", err)
+	}
+	if _, err := client.Propose(ctx, "board", "add", json.RawMessage(`{"text":"hi"}`)); err != nil {
+		t.Fatalf("propose to board: %v", err)
+	}
+	if snap, _ := mgr.Snapshot(ctx, "demo"); string(snap.State) != `{"count":0}` {
+		t.Fatalf("demo is %s", snap.State)
 	}
 }
