@@ -14,8 +14,9 @@
 //     mux.Handle("/realtime", srv). See the package example.
 //   - Go client: NewClient, Subscribe, Connect, Propose. It reconnects by
 //     itself and resubscribes with a cursor.
-//   - Authentication: NewJWTAuthenticator and ShareDataAudienceAuthorizer,
-//     or your own ServerOptions.Authenticate and authorizers.
+//   - Authentication: NewJWTAuthenticator with ShareDataAudienceAuthorizer
+//     and ShareDataAudienceProposeAuthorizer, or your own
+//     ServerOptions.Authenticate and authorizers.
 //   - The WebSocket layer alone: Accept, Dial and Conn.
 //
 // # The protocol in brief
@@ -56,6 +57,25 @@
 //     are queued for every subscriber; reading, writing and fanning out
 //     allocate nothing per message per subscriber once warm; an idle
 //     subscribed connection costs about 5.3 KiB.
+//
+// # Exposing a server
+//
+// Serve through an http.Server with ReadHeaderTimeout, IdleTimeout and
+// MaxHeaderBytes set, as the package example does. Their zero values mean
+// no timeout and 1 MiB of headers: a client that sends its handshake a byte
+// at a time would hold a connection forever, and idle keep-alive
+// connections would pile up until the process runs out of file
+// descriptors. The WebSocket connections themselves are hijacked, so
+// these settings do not touch them; their own limits apply instead, each
+// on by default: 64 KiB per message (ConnOptions.ReadLimit) and 1,024
+// frames per message (ConnOptions.MaxFragments), both closing with 1009;
+// 60 s for a frame to arrive (IdleTimeout) and 10 s to write one
+// (WriteTimeout); the Origin check; 1 MiB queued per connection
+// (ServerOptions.MaxBufferedBytes, then 4001); 100 subscriptions per
+// connection; and, with the JWT bridge, 8 KiB per token
+// (JWTOptions.MaxTokenSize), refused before it is parsed. Every size check
+// is written so that it cannot overflow, and one connection that stops
+// reading delays only itself.
 //
 // # WebSocket
 //

@@ -5,6 +5,7 @@ import (
 	"go/parser"
 	"go/token"
 	"io/fs"
+	"os"
 	"strings"
 	"testing"
 )
@@ -80,5 +81,75 @@ func TestExportedNamesDocumented(t *testing.T) {
 	}
 	if len(missing) > 0 {
 		t.Fatalf("exported names without a doc comment:\n%s", strings.Join(missing, "\n"))
+	}
+}
+
+// TestServersPeopleCopyHaveLimits: the servers in the README and the
+// examples are what users copy, so each http.Server there sets the
+// timeouts and header bound an exposed server needs, and none is started
+// with the bare http.ListenAndServe (which has no timeouts at all).
+func TestServersPeopleCopyHaveLimits(t *testing.T) {
+	required := []string{"ReadHeaderTimeout", "IdleTimeout", "MaxHeaderBytes"}
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := strings.Split(string(readme), "```go\n")[1:]
+	servers := 0
+	for _, b := range blocks {
+		code, _, _ := strings.Cut(b, "```")
+		if strings.Contains(code, "http.ListenAndServe(") || strings.Contains(code, "http.Serve(") {
+			t.Errorf("README code starts a server without timeouts:\n%s", code)
+		}
+		for _, lit := range strings.Split(code, "&http.Server{")[1:] {
+			servers++
+			lit, _, _ = strings.Cut(lit, "\n}")
+			for _, f := range required {
+				if !strings.Contains(lit, f+":") {
+					t.Errorf("README: an http.Server without %s:\n%s", f, lit)
+				}
+			}
+		}
+	}
+	if servers == 0 {
+		t.Error("README: the quick start shows no http.Server")
+	}
+
+	fset := token.NewFileSet()
+	f, err := parser.ParseFile(fset, "example_test.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	servers = 0
+	ast.Inspect(f, func(n ast.Node) bool {
+		switch n := n.(type) {
+		case *ast.CompositeLit:
+			if sel, ok := n.Type.(*ast.SelectorExpr); ok && sel.Sel.Name == "Server" {
+				if x, ok := sel.X.(*ast.Ident); ok && x.Name == "http" {
+					servers++
+					set := map[string]bool{}
+					for _, e := range n.Elts {
+						if kv, ok := e.(*ast.KeyValueExpr); ok {
+							set[kv.Key.(*ast.Ident).Name] = true
+						}
+					}
+					for _, r := range required {
+						if !set[r] {
+							t.Errorf("%s: an http.Server without %s", fset.Position(n.Pos()), r)
+						}
+					}
+				}
+			}
+		case *ast.CallExpr:
+			if sel, ok := n.Fun.(*ast.SelectorExpr); ok {
+				if x, ok := sel.X.(*ast.Ident); ok && x.Name == "http" && (sel.Sel.Name == "ListenAndServe" || sel.Sel.Name == "Serve") {
+					t.Errorf("%s: http.%s has no timeouts", fset.Position(n.Pos()), sel.Sel.Name)
+				}
+			}
+		}
+		return true
+	})
+	if servers < 2 {
+		t.Errorf("the package example and the JWT example should serve through an http.Server; found %d", servers)
 	}
 }
