@@ -298,6 +298,50 @@ func (l *stallListener) Accept() (net.Conn, error) {
 	return sc, nil
 }
 
+// honestIdleClients connects n raw clients to hs (calling connected after
+// each) that answer every ping and send nothing else, so each stays open
+// only while the heartbeat keeps pinging it; it returns each one's outcome
+// once it has answered wantPings pings or failed.
+func honestIdleClients(t *testing.T, hs *httptest.Server, n, wantPings int, connected func()) []error {
+	t.Helper()
+	type outcome struct {
+		i   int
+		err error
+	}
+	results := make(chan outcome, n)
+	for i := 0; i < n; i++ {
+		rc := connectRaw(t, hs)
+		connected()
+		go func() {
+			for pings := 0; pings < wantPings; {
+				f, err := rc.readFrame()
+				if err != nil {
+					results <- outcome{i, fmt.Errorf("after %d pings: %v", pings, err)}
+					return
+				}
+				switch f.op() {
+				case opPing:
+					pings++
+					if _, err := rc.nc.Write(frame(fPong, true, f.payload)); err != nil {
+						results <- outcome{i, err}
+						return
+					}
+				case opClose:
+					results <- outcome{i, fmt.Errorf("closed after %d pings: %d %q", pings, binary.BigEndian.Uint16(f.payload), f.payload[2:])}
+					return
+				}
+			}
+			results <- outcome{i, nil}
+		}()
+	}
+	errs := make([]error, n)
+	for range n {
+		r := <-results
+		errs[r.i] = r.err
+	}
+	return errs
+}
+
 // TestHostileBlockedPeerHeartbeat: one connection's writes block (its peer
 // stopped reading) while its ping is due. The heartbeat goes on pinging
 // everyone else every interval, honest idle clients stay open, and the
@@ -324,42 +368,10 @@ func TestHostileBlockedPeerHeartbeat(t *testing.T) {
 	(<-ln.conns).stalled.Store(true) // every write to it blocks from now on
 	_ = blocked                      // it never reads: its server side cannot write
 
-	const honest, wantPings = 4, 10
-	type outcome struct {
-		i   int
-		err error
-	}
-	results := make(chan outcome, honest)
-	for i := 0; i < honest; i++ {
-		rc := connectRaw(t, hs)
-		<-ln.conns
-		go func() {
-			// Answer each ping; an honest client sends nothing else, so
-			// it stays open only while the heartbeat keeps pinging it.
-			for pings := 0; pings < wantPings; {
-				f, err := rc.readFrame()
-				if err != nil {
-					results <- outcome{i, fmt.Errorf("after %d pings: %v", pings, err)}
-					return
-				}
-				switch f.op() {
-				case opPing:
-					pings++
-					if _, err := rc.nc.Write(frame(fPong, true, f.payload)); err != nil {
-						results <- outcome{i, err}
-						return
-					}
-				case opClose:
-					results <- outcome{i, fmt.Errorf("closed after %d pings: %d %q", pings, binary.BigEndian.Uint16(f.payload), f.payload[2:])}
-					return
-				}
-			}
-			results <- outcome{i, nil}
-		}()
-	}
-	for i := 0; i < honest; i++ {
-		if r := <-results; r.err != nil {
-			t.Fatalf("honest client %d: %v", r.i, r.err)
+	const honest = 4
+	for i, err := range honestIdleClients(t, hs, honest, 10, func() { <-ln.conns }) {
+		if err != nil {
+			t.Fatalf("honest client %d: %v", i, err)
 		}
 	}
 	// The blocked peer never answered: the heartbeat closed it.

@@ -4,8 +4,11 @@ package realtime
 
 import (
 	"bufio"
+	"context"
+	"encoding/json"
 	"net"
 	"net/http"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -43,4 +46,29 @@ func dialSlowRaw(t *testing.T, rs *rtServer) *rawClient {
 		t.Fatalf("got %s", f.op())
 	}
 	return rc
+}
+
+// TestBlockedRealPeerHurtsOnlyItself: a real subscriber that stops reading
+// while transactions flow fills its socket until the server's writer to it
+// blocks; the heartbeat goes on pinging honest idle clients every interval
+// and closes the blocked one for not answering.
+func TestBlockedRealPeerHurtsOnlyItself(t *testing.T) {
+	rs := newRTServer(t, &ServerOptions{HeartbeatInterval: 100 * time.Millisecond, MaxBufferedBytes: 64 << 20})
+	dialSlowRaw(t, rs) // subscribed to doc, never reads again
+	set, _ := rs.mgr.Function("doc", "set")
+	big := json.RawMessage(`"` + strings.Repeat("x", 8<<10) + `"`)
+	for i := 0; i < 300; i++ { // about 5 MiB of frames, far past the socket buffers
+		if _, err := rs.mgr.Apply(context.Background(), "doc", set, big); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, err := range honestIdleClients(t, rs.hs, 4, 10, func() {}) {
+		if err != nil {
+			t.Fatalf("honest client %d: %v", i, err)
+		}
+	}
+	waitFor(t, func() bool { return rs.Stats().HeartbeatCloses == 1 })
+	if s := rs.Stats(); s.SlowConsumerCloses != 0 || s.Connections != 4 {
+		t.Fatalf("stats %+v", s)
+	}
 }
