@@ -83,18 +83,17 @@ func (c *Conn) requestPing() bool {
 	return true
 }
 
-// flushControl sends the ping and pong owed to the peer, unless another
-// goroutine is writing (it sends them when it is done). It may block for
-// up to the write timeout, so only a goroutine of this connection's own
-// calls it.
+// controlPending reports whether a ping or a pong is owed to the peer.
+func (c *Conn) controlPending() bool { return c.pingPending.Load() || c.pongPending.Load() }
+
+// flushControl sends the ping and pong owed to the peer: it waits for the
+// frame semaphore (whoever holds it sends them on release, or this call
+// does). It may block for up to the write timeout, so only a goroutine of
+// this connection's own calls it. It returns at once when the connection
+// is closed.
 func (c *Conn) flushControl() {
-	if !c.pingPending.Load() && !c.pongPending.Load() {
-		return
-	}
-	select {
-	case c.frameSem <- struct{}{}:
+	if c.acquire(context.Background(), c.frameSem) == nil {
 		c.releaseFrame()
-	default:
 	}
 }
 

@@ -126,13 +126,12 @@ func (s *session) close(code StatusCode, reason string, drain bool) {
 // ends; a later enqueue starts a new one.
 func (s *session) writeLoop() {
 	defer s.srv.wg.Done()
-	flushed := false
 	for {
 		s.mu.Lock()
-		if len(s.queue) == 0 && !flushed {
-			// A ping the heartbeat asked for (batches send owed control
-			// frames too; this covers a writer started for the ping alone).
-			flushed = true
+		if len(s.queue) == 0 && s.conn.controlPending() && !s.conn.isClosed() {
+			// A ping the heartbeat asked for. It is checked under mu, as
+			// ping sets it, so a ping asked for while this writer ends is
+			// either sent here or finds the writer gone and starts one.
 			s.mu.Unlock()
 			s.conn.flushControl()
 			continue
