@@ -235,12 +235,10 @@ func TestDemoPageInChromium(t *testing.T) {
 	}
 }
 
-// TestDemoPageWithToken: with the JWT bridge on, the page carries the
-// token from its URL in a WebSocket subprotocol (browsers cannot set an
-// Authorization header), Chromium accepts the server's choice of
-// realtime.v1, and the subscription goes through the audience authorizer.
-// Without the token the page cannot connect.
-func TestDemoPageWithToken(t *testing.T) {
+// jwtDemo serves the demo with its JWT setup (demo.UseJWT) until the test
+// ends. It returns the server, a count of the upgrade requests it got, and
+// a function that signs a token for the page expiring at exp.
+func jwtDemo(t *testing.T) (*httptest.Server, *atomic.Int32, func(exp time.Time) string) {
 	secret := []byte("browser-test-secret")
 	mgr := demo.NewManager()
 	opts := &realtime.ServerOptions{ResolveFunction: realtime.IDFunctionResolver(mgr), Logger: quiet}
@@ -248,12 +246,35 @@ func TestDemoPageWithToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := realtime.NewServer(mgr, opts)
-	hs := httptest.NewServer(demo.Handler(srv))
-	defer hs.Close()
-	defer srv.Shutdown(context.Background())
-	tok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
-		"iss": "browsertest", "sub": "tab", "aud": realtime.AudienceShareData, "exp": time.Now().Add(time.Hour).Unix(),
-	}).SignedString(secret)
+	upgrades := new(atomic.Int32)
+	handler := demo.Handler(srv)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/realtime" {
+			upgrades.Add(1)
+		}
+		handler.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		srv.Shutdown(context.Background())
+		hs.Close()
+	})
+	token := func(exp time.Time) string {
+		tok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+			"iss": "browsertest", "sub": "tab", "aud": realtime.AudienceShareData, "exp": exp.Unix(),
+		}).SignedString(secret)
+		return tok
+	}
+	return hs, upgrades, token
+}
+
+// TestDemoPageWithToken: with the JWT bridge on, the page carries the
+// token from its URL in a WebSocket subprotocol (browsers cannot set an
+// Authorization header), Chromium accepts the server's choice of
+// realtime.v1, and the subscription goes through the audience authorizer.
+// Without the token the page cannot connect.
+func TestDemoPageWithToken(t *testing.T) {
+	hs, _, token := jwtDemo(t)
+	tok := token(time.Now().Add(time.Hour))
 
 	tab := newBrowser(t)
 	if err := chromedp.Do(tab, chromedp.Navigate(hs.URL+"/?token="+tok)); err != nil {
@@ -286,27 +307,9 @@ func TestDemoPageWithToken(t *testing.T) {
 // leeway the server closes it with 4002, and the page, which has no fresh
 // token, says so and stops: one upgrade attempt in all, not a redial loop.
 func TestDemoPageStopsAfterTokenExpiry(t *testing.T) {
-	secret := []byte("browser-test-secret")
-	mgr := demo.NewManager()
-	opts := &realtime.ServerOptions{ResolveFunction: realtime.IDFunctionResolver(mgr), Logger: quiet}
-	if err := demo.UseJWT(opts, secret, "browsertest"); err != nil {
-		t.Fatal(err)
-	}
-	srv := realtime.NewServer(mgr, opts)
-	var upgrades atomic.Int32
-	handler := demo.Handler(srv)
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/realtime" {
-			upgrades.Add(1)
-		}
-		handler.ServeHTTP(w, r)
-	}))
-	defer hs.Close()
-	defer srv.Shutdown(context.Background())
+	hs, upgrades, token := jwtDemo(t)
 	// Expired three to four seconds ago: inside the default 5 s leeway.
-	tok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
-		"iss": "browsertest", "sub": "tab", "aud": realtime.AudienceShareData, "exp": time.Now().Add(-3 * time.Second).Unix(),
-	}).SignedString(secret)
+	tok := token(time.Now().Add(-3 * time.Second))
 
 	tab := newBrowser(t)
 	if err := chromedp.Do(tab, chromedp.Navigate(hs.URL+"/?token="+tok)); err != nil {
