@@ -223,7 +223,7 @@ func BenchmarkTopicFanOut(b *testing.B) {
 		s := &session{srv: srv, conn: c, ctx: context.Background()}
 		s.writeFn = s.writeLoop
 		sessions[i] = s
-		sub := &subscription{sess: s, topic: t}
+		sub := &subscription{sess: s, id: t.id, topic: t, state: subLive}
 		t.add(sub)
 	}
 	frame := appendServerFrame(nil, validServerFrame())
@@ -243,7 +243,7 @@ func BenchmarkTopicFanOut(b *testing.B) {
 	version := uint64(0)
 	for i := 0; i < 2000; i++ { // warm the queues and the writers as measured
 		version++
-		t.fanOut(version, frame, false)
+		t.fanOut(version, frame, false, 64<<20)
 		if i%64 == 63 {
 			idle()
 		}
@@ -253,7 +253,7 @@ func BenchmarkTopicFanOut(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		version++
-		t.fanOut(version, frame, false)
+		t.fanOut(version, frame, false, 64<<20)
 		if i%64 == 63 {
 			idle()
 		}

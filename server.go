@@ -154,8 +154,9 @@ type Server struct {
 	ctx      context.Context // handed to hooks; canceled when Shutdown ends
 	cancel   context.CancelFunc
 
+	hub *hub
+
 	mu       sync.RWMutex
-	topics   map[string]*topic
 	sessions map[*session]struct{}
 	closed   bool
 
@@ -193,7 +194,7 @@ type Stats struct {
 // NewServer returns a server for the share data of m. It listens to m's
 // events until Shutdown.
 func NewServer(m Manager, opts *ServerOptions) *Server {
-	s := &Server{manager: m, topics: make(map[string]*topic), sessions: make(map[*session]struct{}), hbStop: make(chan struct{})}
+	s := &Server{manager: m, sessions: make(map[*session]struct{}), hbStop: make(chan struct{})}
 	if opts != nil {
 		s.opts = *opts
 	}
@@ -228,8 +229,10 @@ func NewServer(m Manager, opts *ServerOptions) *Server {
 	if s.reg == nil {
 		s.reg = NewMemoryRegistry()
 	}
+	s.hub = &hub{manager: m, store: s.store, log: s.log, wg: &s.wg,
+		maxHeld: o.MaxBufferedBytes, topics: make(map[string]*topic)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.detachFn = s.reg.Attach(s.deliver)
+	s.detachFn = s.reg.Attach(s.hub.deliver)
 	s.unlisten = func() {}
 	if !o.SkipManagerEvents {
 		s.unlisten = m.Listen(s.publish)
@@ -356,109 +359,6 @@ func (s *Server) publish(ev Event) {
 	}
 	if err := s.reg.Publish(ctx, ev); err != nil {
 		s.log.Error("realtime: publish failed", "share_data_id", ev.ShareDataID, "err", err)
-	}
-}
-
-// deliver is the registry's receiver: it encodes the event's frame once
-// and fans it out to the local subscribers.
-func (s *Server) deliver(ev Event) {
-	if ev.Kind == EventLost {
-		s.lost(ev.ShareDataID)
-		return
-	}
-	s.mu.RLock()
-	t := s.topics[ev.ShareDataID]
-	s.mu.RUnlock()
-	if t == nil {
-		return // no local subscriber
-	}
-	var msg ServerMessage
-	switch ev.Kind {
-	case EventTransaction:
-		tx := ev.Transaction
-		msg = &TransactionMessage{ShareDataID: tx.ShareDataID, TransactionID: tx.ID, PreviousTransactionID: tx.PreviousID,
-			FunctionID: tx.FunctionID, ProposedData: tx.ProposedData, CurrentState: tx.State}
-	case EventUpdated:
-		msg = &LifecycleMessage{ShareDataID: ev.ShareDataID, Event: LifecycleUpdated, CurrentState: ev.State}
-	case EventRemoved:
-		msg = &LifecycleMessage{ShareDataID: ev.ShareDataID, Event: LifecycleRemoved}
-	default:
-		return
-	}
-	payload := msg.AppendJSON(make([]byte, 0, 256))
-	frame := appendServerFrame(make([]byte, 0, len(payload)+maxHeaderSize), payload)
-	t.fanOut(ev.Version, frame, ev.Kind == EventRemoved)
-	if ev.Kind == EventRemoved {
-		s.dropTopicIfEmpty(t)
-	}
-}
-
-// lost closes, with 4001, every connection subscribed to id ("" for any):
-// events may have been lost, and only a resubscribe with since can tell
-// their clients what they missed.
-func (s *Server) lost(id string) {
-	s.mu.RLock()
-	var topics []*topic
-	for tid, t := range s.topics {
-		if id == "" || tid == id {
-			topics = append(topics, t)
-		}
-	}
-	s.mu.RUnlock()
-	n := 0
-	for _, t := range topics {
-		t.mu.Lock()
-		for _, sub := range t.subs {
-			sub.sess.close(CloseFellBehind, "events may have been lost; resubscribe", false)
-			n++
-		}
-		t.mu.Unlock()
-	}
-	if n > 0 {
-		s.log.Warn("realtime: events may have been lost; closed the subscribed connections", "share_data_id", id, "subscriptions", n)
-	}
-}
-
-// attach registers sub with its share data's topic, creating the topic.
-func (s *Server) attach(id string, sub *subscription) {
-	s.mu.Lock()
-	t := s.topics[id]
-	if t == nil {
-		t = &topic{id: id}
-		s.topics[id] = t
-	}
-	t.mu.Lock()
-	sub.topic = t
-	t.add(sub)
-	t.mu.Unlock()
-	s.mu.Unlock()
-}
-
-// detach unregisters sub and drops its topic when it was the last.
-func (s *Server) detach(sub *subscription) {
-	t := sub.topic
-	s.mu.Lock()
-	t.mu.Lock()
-	t.remove(sub)
-	s.dropIfEmptyLocked(t)
-	t.mu.Unlock()
-	s.mu.Unlock()
-}
-
-// dropTopicIfEmpty forgets t when no subscription is left on it.
-func (s *Server) dropTopicIfEmpty(t *topic) {
-	s.mu.Lock()
-	t.mu.Lock()
-	s.dropIfEmptyLocked(t)
-	t.mu.Unlock()
-	s.mu.Unlock()
-}
-
-// dropIfEmptyLocked is dropTopicIfEmpty for a caller holding s.mu and t.mu.
-func (s *Server) dropIfEmptyLocked(t *topic) {
-	if len(t.subs) == 0 && !t.dead && s.topics[t.id] == t {
-		t.dead = true
-		delete(s.topics, t.id)
 	}
 }
 

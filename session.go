@@ -24,7 +24,14 @@ const (
 	// ErrCodeTooManySubscriptions: the connection is at
 	// MaxSubscriptionsPerConnection.
 	ErrCodeTooManySubscriptions = "too-many-subscriptions"
-	// ErrCodeInternal: the server failed to serve the request.
+	// ErrCodeUnknownShareData: a subscribe named a share data id that
+	// does not exist; the connection is then closed with 4003. The frame
+	// carries the id whole, so a client knows which subscription to end
+	// without reading the close reason.
+	ErrCodeUnknownShareData = "unknown-share-data"
+	// ErrCodeInternal: the server failed to serve a subscribe and may
+	// succeed later (the manager or the replay store was unreachable). The
+	// subscription is not kept; the client subscribes again after a pause.
 	ErrCodeInternal = "internal-error"
 )
 
@@ -51,6 +58,10 @@ type session struct {
 	closeCode   StatusCode
 	closeReason string
 	subs        subList
+	// room wakes producers waiting in waitRoom (made at the first wait, so
+	// a connection that never replays does not pay for it).
+	room        *sync.Cond
+	roomWaiters int
 
 	// Heartbeat state, touched only by the heartbeat goroutine.
 	pinged    bool
@@ -89,6 +100,45 @@ func (s *session) startWriterLocked() {
 	}
 }
 
+// hasRoom reports whether a frame of n bytes fed by a flow (a replay) may
+// be queued now: the queue is empty, or holds at most half the cap with the
+// frame. The other half is left for live frames, replies and other
+// subscriptions' frames, so a flow never closes its connection with 4001.
+func (s *session) hasRoom(n int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hasRoomLocked(n)
+}
+
+func (s *session) hasRoomLocked(n int) bool {
+	mark := s.srv.opts.MaxBufferedBytes / 2
+	return s.queued == 0 || (s.queued <= mark && n <= mark-s.queued) // cannot overflow
+}
+
+// waitRoom blocks until hasRoom(n) holds, as the writer drains the queue,
+// and reports true; it reports false once the connection is closing.
+func (s *session) waitRoom(n int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for !s.closing && !s.hasRoomLocked(n) {
+		if s.room == nil {
+			s.room = sync.NewCond(&s.mu)
+		}
+		s.roomWaiters++
+		s.room.Wait()
+		s.roomWaiters--
+	}
+	return !s.closing
+}
+
+// wakeLocked wakes the producers in waitRoom; the caller holds mu and has
+// released queued bytes or marked the connection closing.
+func (s *session) wakeLocked() {
+	if s.roomWaiters > 0 {
+		s.room.Broadcast()
+	}
+}
+
 // send encodes a direct reply and queues it.
 func (s *session) send(m ServerMessage) {
 	s.enqueue(appendServerFrame(nil, m.AppendJSON(nil)))
@@ -105,6 +155,7 @@ func (s *session) close(code StatusCode, reason string, drain bool) {
 		return
 	}
 	s.closing = true
+	s.wakeLocked()
 	s.closeCode, s.closeReason = code, reason
 	if !drain {
 		clear(s.queue)
@@ -156,10 +207,10 @@ func (s *session) writeLoop() {
 		s.srv.stats.bytesSent.Add(uint64(written))
 
 		s.mu.Lock()
-		s.queued -= written
 		s.spare = batch[:0]
 		if err != nil {
 			s.closing = true
+			s.wakeLocked()
 			s.writing = false
 			clear(s.queue)
 			s.queue = s.queue[:0]
@@ -171,9 +222,12 @@ func (s *session) writeLoop() {
 }
 
 // writeBatch writes frames in system calls of at most maxWriteBatch bytes
-// and returns the frames and bytes written. The write timeout bounds each
-// call, and Shutdown's forced close ends a blocked one, so no context is
-// watched (watching one would allocate on every wake-up).
+// and returns the frames and bytes written. The bytes of each call are
+// released from the queue's count as soon as it completes, so the cap
+// measures what is really unsent and a fast reader behind a large batch is
+// not taken for a slow one. The write timeout bounds each call, and
+// Shutdown's forced close ends a blocked one, so no context is watched
+// (watching one would allocate on every wake-up).
 func (s *session) writeBatch(frames [][]byte) (int, int, error) {
 	count, written := 0, 0
 	for len(frames) > 0 {
@@ -185,6 +239,10 @@ func (s *session) writeBatch(frames [][]byte) (int, int, error) {
 		if err := s.conn.writeFrames(context.Background(), frames[:n]); err != nil {
 			return count, written, err
 		}
+		s.mu.Lock()
+		s.queued -= size
+		s.wakeLocked()
+		s.mu.Unlock()
 		count += n
 		written += size
 		frames = frames[n:]
@@ -275,10 +333,8 @@ func (s *session) dispatch(m ClientMessage) {
 	}
 }
 
-// subscribe registers the subscription before taking the snapshot, holding
-// the frames that arrive meanwhile; once the snapshot is known it queues
-// the state frame, the replay, and the held frames newer than the snapshot,
-// all under the topic's lock, so no transaction is missed or sent twice.
+// subscribe checks a subscribe against the authorizer and the connection's
+// limit, then has the hub join it (snapshot, replay, held frames).
 func (s *session) subscribe(m *SubscribeMessage) {
 	srv := s.srv
 	id := m.ShareDataID
@@ -302,56 +358,21 @@ func (s *session) subscribe(m *SubscribeMessage) {
 		// (and replay), then live frames once.
 		s.unsubscribe(id)
 	}
+	if err := srv.hub.join(s.ctx, s, id, m.Since, m.HasSince); errors.Is(err, errJoinUnknown) {
+		// The error frame names the id whole; the close reason is for
+		// people and may be cut.
+		s.send(&ErrorMessage{Code: ErrCodeUnknownShareData, Message: "the share data does not exist", ShareDataID: id})
+		s.close(CloseUnknownShareData, "unknown share data "+quoteForError(id), true)
+	}
+}
 
-	sub := &subscription{sess: s, syncing: true, index: -1}
-	srv.attach(id, sub)
-	snap, err := srv.manager.Snapshot(s.ctx, id)
-	if err != nil {
-		srv.detach(sub)
-		if errors.Is(err, ErrUnknownShareData) {
-			s.close(CloseUnknownShareData, "unknown share data "+quoteForError(id), true)
-			return
-		}
-		srv.log.Error("realtime: snapshot failed", "share_data_id", id, "err", err)
-		s.send(&ErrorMessage{Code: ErrCodeInternal, Message: "could not read the share data", ShareDataID: id})
-		return
-	}
-	var replay []ReplayRecord
-	var replayErr error
-	if m.HasSince {
-		replay, replayErr = srv.store.Replay(s.ctx, id, m.Since, snap.LastTransactionID)
-	}
-
-	t := sub.topic
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	s.send(&StateMessage{ShareDataID: id, CurrentState: snap.State, LastTransactionID: snap.LastTransactionID})
-	switch {
-	case errors.Is(replayErr, ErrReplayCursorNotFound):
-		s.send(&ErrorMessage{Code: ErrCodeReplayCursorNotFound,
-			Message: "cursor " + quoteForError(m.Since) + " is outside the replay window; transactions before the state were not replayed", ShareDataID: id})
-	case replayErr != nil:
-		srv.log.Error("realtime: replay failed", "share_data_id", id, "err", replayErr)
-		s.send(&ErrorMessage{Code: ErrCodeInternal, Message: "replay failed", ShareDataID: id})
-	default:
-		for _, rec := range replay {
-			s.enqueue(appendServerFrame(nil, rec.Message))
-		}
-	}
-	sub.syncing = false
-	sub.version = snap.Version
-	pending := sub.pending
-	sub.pending = nil
+// remember records a subscription the hub joined, so that unsubscribe and
+// the end of the connection find it.
+func (s *session) remember(sub *subscription) {
 	s.mu.Lock()
 	s.subs = append(s.subs, sub)
 	s.mu.Unlock()
-	srv.stats.subscriptions.Add(1)
-	for _, p := range pending {
-		if sub.deliver(p.version, p.frame) && p.removed {
-			sub.end()
-			return
-		}
-	}
+	s.srv.stats.subscriptions.Add(1)
 }
 
 // unsubscribe stops the frames of one share data item. Unknown ids are
@@ -362,7 +383,7 @@ func (s *session) unsubscribe(id string) {
 	s.subs.remove(sub)
 	s.mu.Unlock()
 	if sub != nil {
-		s.srv.detach(sub)
+		s.srv.hub.detach(sub)
 		s.srv.stats.subscriptions.Add(-1)
 	}
 }
@@ -405,13 +426,14 @@ func (s *session) cleanup() {
 	}
 	s.mu.Lock()
 	s.closing = true
+	s.wakeLocked()
 	subs := s.subs
 	s.subs = nil
 	clear(s.queue)
 	s.queue = nil
 	s.mu.Unlock()
 	for _, sub := range subs {
-		s.srv.detach(sub)
+		s.srv.hub.detach(sub)
 		s.srv.stats.subscriptions.Add(-1)
 	}
 	s.srv.removeSession(s)
