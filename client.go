@@ -175,6 +175,10 @@ type Client struct {
 	opened    chan struct{} // closed at the first open
 	openOnce  sync.Once
 	stoppedCh chan struct{}
+	lastErr   error // the last dial or handshake failure, for Connect
+	// unknownEnded: a subscription was ended by an unknown-share-data
+	// frame on the current connection, which explains its 4003 close.
+	unknownEnded bool
 
 	idPrefix string
 	seq      uint64
@@ -234,10 +238,14 @@ func checkWSURL(u string) error {
 }
 
 // Connect starts the client and waits until its first connection is open
-// (subscriptions made before are sent then). If ctx ends first, Connect
-// returns ctx's error and the client keeps trying in the background until
-// Close. It returns the reason when the client stopped for good (a refused
-// upgrade with no Token to refresh).
+// (subscriptions made before are sent then). Each failed attempt is logged
+// at Warn and retried with backoff. If ctx ends first, Connect returns an
+// error that wraps both ctx's error and the last attempt's failure (a
+// *HandshakeError, or the dial error), and the client keeps trying in the
+// background until Close. It returns at once, with the reason, when the
+// client stopped for good: a handshake refused with a 4xx status that
+// redialing cannot change (any but 408 and 429; 401 and 403 only when there
+// is no Token to refresh).
 func (c *Client) Connect(ctx context.Context) error {
 	c.mu.Lock()
 	if c.stopped {
@@ -259,6 +267,12 @@ func (c *Client) Connect(ctx context.Context) error {
 		defer c.mu.Unlock()
 		return c.stopErr
 	case <-ctx.Done():
+		c.mu.Lock()
+		last := c.lastErr
+		c.mu.Unlock()
+		if last != nil {
+			return fmt.Errorf("realtime: connect: %w; last attempt: %w", ctx.Err(), last)
+		}
 		return ctx.Err()
 	}
 }
@@ -335,12 +349,17 @@ func (c *Client) run() {
 				return
 			}
 			var he *HandshakeError
-			if errors.As(err, &he) && (he.StatusCode == 401 || he.StatusCode == 403) && c.opts.Token == nil {
-				c.stop(fmt.Errorf("realtime: upgrade refused and no Token to refresh: %w", err))
+			if errors.As(err, &he) && final4xx(he.StatusCode, c.opts.Token != nil) {
+				c.log.Warn("realtime: upgrade refused; not retrying", "status", he.StatusCode, "err", err)
+				c.stop(fmt.Errorf("realtime: upgrade refused, and retrying cannot fix it: %w", err))
 				return
 			}
 			delay := c.backoff(attempt, false)
 			attempt++
+			c.mu.Lock()
+			c.lastErr = err
+			c.mu.Unlock()
+			c.log.Warn("realtime: connect failed; retrying", "attempt", attempt, "retry_in", delay, "err", err)
 			c.notify(StateChange{State: StateConnecting, Err: err, Delay: delay})
 			if !c.sleep(delay) {
 				return
@@ -363,8 +382,15 @@ func (c *Client) run() {
 		case CloseGoingAway, CloseServiceRestart, CloseFellBehind:
 			prompt = true
 		case CloseUnknownShareData:
-			c.endUnknown(ce.Reason)
-			prompt = true
+			// The unknown-share-data frame before it named the
+			// subscription and ended it; without one (a server that
+			// does not send it) nothing says which, so back off.
+			c.mu.Lock()
+			prompt, c.unknownEnded = c.unknownEnded, false
+			c.mu.Unlock()
+			if !prompt {
+				c.log.Warn("realtime: connection closed", "code", int(ce.Code), "reason", ce.Reason)
+			}
 		default:
 			// 4004, 1002, 1007 and the rest: something is wrong; back
 			// off before trying again.
@@ -377,6 +403,21 @@ func (c *Client) run() {
 			return
 		}
 	}
+}
+
+// final4xx reports whether a refused handshake's status is one that
+// redialing cannot change: every 4xx but 408 and 429 (and 401 and 403 when
+// a Token can bring new credentials).
+func final4xx(status int, canRefresh bool) bool {
+	switch {
+	case status < 400 || status > 499:
+		return false
+	case status == 408 || status == 429:
+		return false
+	case status == 401 || status == 403:
+		return !canRefresh
+	}
+	return true
 }
 
 // backoff draws the wait before the next dial: full jitter over an
@@ -446,6 +487,7 @@ func (c *Client) serve(conn *Conn) *CloseError {
 		return &CloseError{Code: CloseNormalClosure}
 	}
 	c.conn = conn
+	c.lastErr, c.unknownEnded = nil, false
 	subs := make([]*Subscription, 0, len(c.subs))
 	for _, s := range c.subs {
 		subs = append(subs, s)
@@ -564,22 +606,6 @@ func (c *Client) toSub(id string, m ServerMessage) {
 	}
 }
 
-// endUnknown ends the subscription named by a 4003 close reason.
-func (c *Client) endUnknown(reason string) {
-	q := strings.TrimPrefix(reason, "unknown share data ")
-	id, err := strconv.Unquote(q)
-	if err != nil {
-		return
-	}
-	c.mu.Lock()
-	s := c.subs[id]
-	delete(c.subs, id)
-	c.mu.Unlock()
-	if s != nil {
-		s.end(&SubscriptionError{ShareDataID: id, Code: "unknown-share-data", Message: "the share data does not exist"})
-	}
-}
-
 // send sends a request now when connected, or queues it.
 func (c *Client) send(r *request) error {
 	c.mu.Lock()
@@ -686,34 +712,73 @@ func (c *Client) Ping(ctx context.Context) (time.Duration, error) {
 }
 
 // Subscription is a client's subscription to one share data item. Its
-// messages (*StateMessage, *TransactionMessage, *LifecycleMessage and
-// non-fatal *ErrorMessage such as replay-cursor-not-found) arrive in order
-// on Messages; the channel is closed when the subscription ends, and Err
+// messages arrive in order on Messages: from the server *StateMessage,
+// *TransactionMessage, *LifecycleMessage and non-fatal *ErrorMessage (such
+// as replay-cursor-not-found, or internal-error after which the client
+// subscribes again); from the client itself *ReplayEndMessage and
+// *ResyncMessage. The channel is closed when the subscription ends, and Err
 // then says why.
 type Subscription struct {
 	c  *Client
 	id string
 	ch chan ServerMessage
 
-	mu        sync.Mutex
-	queue     []ServerMessage
-	wake      chan struct{}
-	cursor    string // from the state frame and live transactions received
+	mu    sync.Mutex
+	queue []queuedMessage
+	wake  chan struct{}
+	// cursor is the resume point after the last message received: the
+	// last transaction received (replayed or live), or the state frame's
+	// lastTransactionId when no replay was due. It is sent as since.
+	cursor    string
 	hasCursor bool
-	// delivered is the cursor after the last message taken for Messages.
+	// delivered is the resume point after the last message taken from
+	// Messages.
 	delivered    string
 	hasDelivered bool
-	awaiting     bool // a subscribe was sent; frames before its state are stale
+	awaiting     bool   // a subscribe was sent; frames before its state are stale
+	sentSince    string // the since of that subscribe
+	sentHasSince bool
+	replaying    bool   // the state came; replayed frames up to replayUntil are due
+	replayUntil  string // the state frame's lastTransactionId
+	replayed     int    // replayed frames received in this replay
+	retries      int    // subscribes refused with a transient error in a row
 	ended        bool
 	err          error
 }
 
+// queuedMessage is a message held for Messages with the resume point
+// after it.
+type queuedMessage struct {
+	m         ServerMessage
+	cursor    string
+	hasCursor bool
+}
+
+// SubscribeOptions configure a subscription. The zero value (or nil)
+// starts from the current state with no replay.
+type SubscribeOptions struct {
+	// Since, when HasSince is set, is the cursor to resume from (a
+	// transaction id the application saved from Cursor, "" meaning before
+	// the first transaction): the server sends the current state and then
+	// replays the transactions after Since.
+	Since    string
+	HasSince bool // Since is given
+}
+
 // Subscribe subscribes to shareDataID. When connected, the subscribe is
-// sent at once; otherwise at the next connect. Subscribing to an id the
-// client already holds returns the same Subscription.
-func (c *Client) Subscribe(shareDataID string) (*Subscription, error) {
+// sent at once; otherwise at the next connect. opts may give a cursor to
+// resume from (nil: none). Subscribing to an id the client already holds
+// returns the same Subscription and ignores opts.
+func (c *Client) Subscribe(shareDataID string, opts *SubscribeOptions) (*Subscription, error) {
 	if shareDataID == "" || len(shareDataID) > MaxIDLength {
 		return nil, errors.New("realtime: share data id must be 1 to 256 bytes")
+	}
+	var o SubscribeOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.HasSince && len(o.Since) > MaxIDLength {
+		return nil, errors.New("realtime: since must be at most 256 bytes")
 	}
 	c.mu.Lock()
 	if c.stopped {
@@ -725,7 +790,8 @@ func (c *Client) Subscribe(shareDataID string) (*Subscription, error) {
 		c.mu.Unlock()
 		return s, nil
 	}
-	s := &Subscription{c: c, id: shareDataID, ch: make(chan ServerMessage), wake: make(chan struct{}, 1)}
+	s := &Subscription{c: c, id: shareDataID, ch: make(chan ServerMessage), wake: make(chan struct{}, 1),
+		cursor: o.Since, hasCursor: o.HasSince, delivered: o.Since, hasDelivered: o.HasSince}
 	c.subs[shareDataID] = s
 	conn := c.conn
 	c.wg.Add(1)
@@ -751,13 +817,16 @@ func (s *Subscription) Err() error {
 	return s.err
 }
 
-// Cursor returns the id of the last transaction the subscription has
-// received live (or its state frame's), which is sent as since on the next
-// resubscribe; "" before the first state frame.
-func (s *Subscription) Cursor() string {
+// Cursor returns the resume point after the last message taken from
+// Messages: the id of the last transaction handed over (replayed or live),
+// or the state frame's lastTransactionId when no replay was due. Saved and
+// given back as SubscribeOptions.Since, it resumes the subscription where
+// the application stopped. It is "" (with ok false) before the first state
+// frame of a subscription that started with no cursor.
+func (s *Subscription) Cursor() (cursor string, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.cursor
+	return s.delivered, s.hasDelivered
 }
 
 // Unsubscribe ends the subscription and tells the server.
@@ -780,86 +849,176 @@ func (s *Subscription) Unsubscribe() {
 func (s *Subscription) subscribeMessage() []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.awaiting = true
+	s.awaiting, s.replaying = true, false
+	s.sentSince, s.sentHasSince = s.cursor, s.hasCursor
 	return (&SubscribeMessage{ShareDataID: s.id, Since: s.cursor, HasSince: s.hasCursor}).AppendJSON(nil)
 }
 
-// receive applies a server message to the subscription: cursor, gap
-// detection, and queueing for Messages.
+// finalCode reports whether an error frame's code ends a subscription:
+// retrying the subscribe cannot change the answer.
+func finalCode(code string) bool {
+	switch code {
+	case ErrCodeForbidden, ErrCodeTooManySubscriptions, ErrCodeUnknownShareData:
+		return true
+	}
+	return false
+}
+
+// receive applies a server message to the subscription: the cursor rule,
+// gap detection, and queueing for Messages.
+//
+// The cursor a subscription resumes from is the last transaction received,
+// replayed or live. The state frame's lastTransactionId becomes it only
+// when no replay is due (no since, since equal to it, or
+// replay-cursor-not-found): were it taken at once, a connection cut during
+// the replay would resume after transactions that were never received.
 func (s *Subscription) receive(m ServerMessage) {
 	s.mu.Lock()
 	if s.ended {
 		s.mu.Unlock()
 		return
 	}
-	resubscribe := false
+	var resync string // why the stream is restarted, "" when it is not
 	var endErr error
+	var after ServerMessage // a client message queued after m
+	retry := false
+	stale := false
 	switch m := m.(type) {
 	case *StateMessage:
-		s.awaiting = false
-		s.cursor, s.hasCursor = m.LastTransactionID, true
-	case *TransactionMessage:
-		if s.awaiting {
-			s.mu.Unlock()
-			return // from before our resubscribe: the state or replay covers it
+		s.awaiting, s.retries = false, 0
+		if s.sentHasSince && s.sentSince != m.LastTransactionID {
+			s.replaying, s.replayUntil, s.replayed = true, m.LastTransactionID, 0
+		} else {
+			s.replaying = false
+			s.cursor, s.hasCursor = m.LastTransactionID, true
 		}
-		if !m.Replayed {
-			if m.PreviousTransactionID != s.cursor {
-				// A gap: do not apply it blindly; ask for a replay.
-				resubscribe = true
-				break
+	case *TransactionMessage:
+		switch {
+		case s.awaiting:
+			stale = true // from before our resubscribe: the state or replay covers it
+		case m.Replayed && !s.replaying:
+			stale = true
+		case m.Replayed != s.replaying || m.PreviousTransactionID != s.cursor:
+			// A gap, or a live frame before the replay ended: do not
+			// apply it blindly; ask for a replay from the cursor.
+			resync = ResyncGap
+		default:
+			s.cursor, s.hasCursor = m.TransactionID, true
+			if m.Replayed {
+				s.replayed++
+				if m.TransactionID == s.replayUntil {
+					s.replaying = false
+					after = &ReplayEndMessage{ShareDataID: s.id, LastTransactionID: m.TransactionID, Transactions: s.replayed}
+				}
 			}
-			s.cursor = m.TransactionID
 		}
 	case *LifecycleMessage:
 		if s.awaiting {
-			s.mu.Unlock()
-			return
+			stale = true
+			break
+		}
+		if s.replaying {
+			resync = ResyncGap // the server holds these until the replay ends
+			break
 		}
 		if m.Event == LifecycleRemoved {
 			endErr = ErrShareDataRemoved
 		}
 	case *ErrorMessage:
-		if m.Code != ErrCodeReplayCursorNotFound {
+		switch {
+		case m.Code == ErrCodeReplayCursorNotFound:
+			if s.replaying {
+				// No replay is coming: the state frame is the resume point.
+				s.replaying = false
+				s.cursor, s.hasCursor = s.replayUntil, true
+			}
+		case finalCode(m.Code):
 			endErr = &SubscriptionError{ShareDataID: s.id, Code: m.Code, Message: m.Message}
+		default:
+			// The server did not keep the subscription but may serve it
+			// later: subscribe again after a pause.
+			s.awaiting, s.replaying = true, false
+			s.retries++
+			retry = true
 		}
 	}
-	if !resubscribe {
-		if len(s.queue) >= s.c.opts.MaxPending {
-			// The reader is too slow: drop what it has not taken and
-			// have the server replay from what it has.
-			clear(s.queue)
-			s.queue = s.queue[:0]
-			s.cursor, s.hasCursor = s.delivered, s.hasDelivered
-			resubscribe = true
-		} else {
-			s.queue = append(s.queue, m)
+	if stale {
+		s.mu.Unlock()
+		return
+	}
+	if resync == "" && len(s.queue)+2 > s.c.opts.MaxPending {
+		// The reader is too slow: drop what it has not taken and have the
+		// server replay from what it has.
+		clear(s.queue)
+		s.queue = s.queue[:0]
+		s.cursor, s.hasCursor = s.delivered, s.hasDelivered
+		resync = ResyncSlowReader
+	}
+	if resync != "" {
+		s.queue = append(s.queue, queuedMessage{m: &ResyncMessage{ShareDataID: s.id, Reason: resync, Since: s.cursor},
+			cursor: s.cursor, hasCursor: s.hasCursor})
+	} else {
+		s.queue = append(s.queue, queuedMessage{m: m, cursor: s.cursor, hasCursor: s.hasCursor})
+		if after != nil {
+			s.queue = append(s.queue, queuedMessage{m: after, cursor: s.cursor, hasCursor: s.hasCursor})
 		}
 	}
+	retries := s.retries
 	s.mu.Unlock()
 	select {
 	case s.wake <- struct{}{}:
 	default:
 	}
-	if endErr != nil {
-		c := s.c
+	c := s.c
+	switch {
+	case endErr != nil:
 		c.mu.Lock()
 		if c.subs[s.id] == s {
 			delete(c.subs, s.id)
 		}
+		var se *SubscriptionError
+		if errors.As(endErr, &se) && se.Code == ErrCodeUnknownShareData {
+			c.unknownEnded = true
+		}
 		c.mu.Unlock()
 		s.end(endErr)
-		return
-	}
-	if resubscribe {
-		c := s.c
+	case resync != "":
 		c.mu.Lock()
 		conn := c.conn
 		c.mu.Unlock()
 		if conn != nil {
 			c.write(conn, s.subscribeMessage())
 		}
+	case retry:
+		s.retryLater(retries)
 	}
+}
+
+// retryLater subscribes again after a backoff, when the subscription is
+// still held and the client connected (a reconnect resubscribes anyway).
+// It runs on the read loop, so the client's WaitGroup cannot be waited on
+// yet.
+func (s *Subscription) retryLater(attempt int) {
+	c := s.c
+	delay := c.backoff(attempt, false)
+	c.log.Warn("realtime: subscribe failed on the server; subscribing again", "share_data_id", s.id, "retry_in", delay)
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if !c.sleep(delay) {
+			return
+		}
+		c.mu.Lock()
+		held := c.subs[s.id] == s
+		conn := c.conn
+		c.mu.Unlock()
+		s.mu.Lock()
+		due := s.awaiting && s.retries == attempt // no state since, and no newer retry
+		s.mu.Unlock()
+		if held && due && conn != nil {
+			c.write(conn, s.subscribeMessage())
+		}
+	}()
 }
 
 // end ends the subscription after the messages already queued.
@@ -896,22 +1055,75 @@ func (s *Subscription) deliver() {
 			}
 			continue
 		}
-		m := s.queue[0]
-		s.queue[0] = nil
+		q := s.queue[0]
+		s.queue[0] = queuedMessage{}
 		s.queue = s.queue[1:]
-		switch m := m.(type) {
-		case *StateMessage:
-			s.delivered, s.hasDelivered = m.LastTransactionID, true
-		case *TransactionMessage:
-			if !m.Replayed {
-				s.delivered = m.TransactionID
-			}
-		}
+		s.delivered, s.hasDelivered = q.cursor, q.hasCursor
 		s.mu.Unlock()
 		select {
-		case s.ch <- m:
+		case s.ch <- q.m:
 		case <-s.c.ctx.Done():
 			return
 		}
 	}
 }
+
+// Reasons of a ResyncMessage.
+const (
+	// ResyncGap: a transaction arrived whose previousTransactionId was not
+	// the cursor; it was not delivered, and the subscription was restarted
+	// from the cursor.
+	ResyncGap = "gap"
+	// ResyncSlowReader: more than ClientOptions.MaxPending messages waited
+	// for the reader; those it had not taken were dropped, and the
+	// subscription was restarted from the last message it took.
+	ResyncSlowReader = "slow-reader"
+)
+
+// ResyncMessage is put in a subscription's stream by the client (it never
+// comes from the server) where the client restarted the subscription: the
+// messages after it begin with a new state frame, then the replay from
+// Since. Nothing is lost: what the stream skipped is replayed, or a
+// replay-cursor-not-found error frame says it could not be.
+type ResyncMessage struct {
+	ShareDataID string // the subscription's
+	Reason      string // ResyncGap or ResyncSlowReader
+	Since       string // the cursor the subscription resumes from
+}
+
+// ReplayEndMessage is put in a subscription's stream by the client (it
+// never comes from the server) after the last replayed transaction of a
+// subscribe with since: the subscription has caught up with the state frame
+// before the replay, and every later transaction is live.
+type ReplayEndMessage struct {
+	ShareDataID       string // the subscription's
+	LastTransactionID string // the state frame's, now reached
+	Transactions      int    // the replayed transactions received
+}
+
+// MessageType returns "resync".
+func (m *ResyncMessage) MessageType() string { return "resync" }
+
+// AppendJSON appends a description of m, for logs; it is not a wire message.
+func (m *ResyncMessage) AppendJSON(dst []byte) []byte {
+	dst = appendEnvelope(dst, m.MessageType())
+	dst = appendStringField(dst, "shareDataId", m.ShareDataID)
+	dst = appendStringField(dst, "reason", m.Reason)
+	dst = appendStringField(dst, "since", m.Since)
+	return append(dst, '}')
+}
+
+// MessageType returns "replay-end".
+func (m *ReplayEndMessage) MessageType() string { return "replay-end" }
+
+// AppendJSON appends a description of m, for logs; it is not a wire message.
+func (m *ReplayEndMessage) AppendJSON(dst []byte) []byte {
+	dst = appendEnvelope(dst, m.MessageType())
+	dst = appendStringField(dst, "shareDataId", m.ShareDataID)
+	dst = appendStringField(dst, "lastTransactionId", m.LastTransactionID)
+	dst = strconv.AppendInt(append(dst, `,"transactions":`...), int64(m.Transactions), 10)
+	return append(dst, '}')
+}
+
+func (*ResyncMessage) serverMessage()    {}
+func (*ReplayEndMessage) serverMessage() {}

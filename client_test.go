@@ -223,7 +223,7 @@ func TestClientSurvivesServerRestart(t *testing.T) {
 	})
 	defer stopHistory()
 	c, states := newTestClient(t, rs.url(), ClientOptions{})
-	sub, _ := c.Subscribe("doc")
+	sub, _ := c.Subscribe("doc", nil)
 	col := collect(sub)
 	if err := c.Connect(context.Background()); err != nil {
 		t.Fatal(err)
@@ -268,8 +268,8 @@ func TestClientSurvivesServerRestart(t *testing.T) {
 		t.Fatalf("only %d transactions were replayed, want at least the 40 missed", replayed)
 	}
 	snap, _ := rs.mgr.Snapshot(context.Background(), "doc")
-	if string(snap.State) != `{"count":100}` || sub.Cursor() != snap.LastTransactionID {
-		t.Fatalf("state %s, cursor %s, want %s", snap.State, sub.Cursor(), snap.LastTransactionID)
+	if cur, _ := sub.Cursor(); string(snap.State) != `{"count":100}` || cur != snap.LastTransactionID {
+		t.Fatalf("state %s, cursor %s, want %s", snap.State, cur, snap.LastTransactionID)
 	}
 	if states.count(closedWith(CloseGoingAway)) != 1 || states.count(isOpen) != 2 {
 		t.Fatalf("state changes %+v", states.all)
@@ -373,7 +373,7 @@ func TestClientRecoversFrom4001(t *testing.T) {
 	}}
 	rs.mgr.AddFunction("doc", big)
 	c, states := newTestClient(t, rs.url(), ClientOptions{})
-	sub, _ := c.Subscribe("doc")
+	sub, _ := c.Subscribe("doc", nil)
 	col := collect(sub)
 	if err := c.Connect(context.Background()); err != nil {
 		t.Fatal(err)
@@ -417,7 +417,7 @@ func TestClientRefreshesToken(t *testing.T) {
 		})), nil
 	}
 	c, states := newTestClient(t, rs.url(), ClientOptions{Token: token})
-	sub, _ := c.Subscribe("doc")
+	sub, _ := c.Subscribe("doc", nil)
 	col := collect(sub)
 	if err := c.Connect(context.Background()); err != nil {
 		t.Fatal(err)
@@ -490,7 +490,7 @@ func TestClientGapDetection(t *testing.T) {
 		readClientMessage(c) // until the client closes
 	})
 	c, _ := newTestClient(t, url, ClientOptions{})
-	sub, _ := c.Subscribe("doc")
+	sub, _ := c.Subscribe("doc", nil)
 	col := collect(sub)
 	if err := c.Connect(context.Background()); err != nil {
 		t.Fatal(err)
@@ -516,8 +516,8 @@ func TestClientGapDetection(t *testing.T) {
 	if strings.Join(got, " ") != "state:A state:C Btrue Ctrue Dfalse" {
 		t.Fatalf("delivered %v", got)
 	}
-	if sub.Cursor() != "D" {
-		t.Fatalf("cursor %q", sub.Cursor())
+	if cur, ok := sub.Cursor(); cur != "D" || !ok {
+		t.Fatalf("cursor %q %v", cur, ok)
 	}
 }
 
@@ -526,13 +526,13 @@ func TestClientGapDetection(t *testing.T) {
 func TestClientUnknownShareData(t *testing.T) {
 	rs := newRestartable(t, ServerOptions{})
 	c, states := newTestClient(t, rs.url(), ClientOptions{})
-	good, _ := c.Subscribe("doc")
+	good, _ := c.Subscribe("doc", nil)
 	col := collect(good)
 	if err := c.Connect(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	col.waitFor(t, "the state", func(m []ServerMessage) bool { return len(m) == 1 })
-	bad, _ := c.Subscribe("missing")
+	bad, _ := c.Subscribe("missing", nil)
 	for range bad.Messages() {
 	}
 	var se *SubscriptionError
@@ -562,7 +562,7 @@ func TestClientHeartbeat(t *testing.T) {
 		readClientMessage(c) // then silence, until the client gives up
 	})
 	c, states := newTestClient(t, url, ClientOptions{HeartbeatTimeout: 200 * time.Millisecond})
-	c.Subscribe("doc")
+	c.Subscribe("doc", nil)
 	start := time.Now()
 	if err := c.Connect(context.Background()); err != nil {
 		t.Fatal(err)
@@ -578,7 +578,7 @@ func TestClientHeartbeat(t *testing.T) {
 func TestClientClose(t *testing.T) {
 	rs := newRestartable(t, ServerOptions{})
 	c, _ := newTestClient(t, rs.url(), ClientOptions{})
-	sub, _ := c.Subscribe("doc")
+	sub, _ := c.Subscribe("doc", nil)
 	col := collect(sub)
 	if err := c.Connect(context.Background()); err != nil {
 		t.Fatal(err)
@@ -600,7 +600,7 @@ func TestClientClose(t *testing.T) {
 	if !errors.Is(sub.Err(), ErrClientClosed) {
 		t.Fatalf("subscription: %v", sub.Err())
 	}
-	if _, err := c.Subscribe("other"); !errors.Is(err, ErrClientClosed) {
+	if _, err := c.Subscribe("other", nil); !errors.Is(err, ErrClientClosed) {
 		t.Fatalf("Subscribe after Close: %v", err)
 	}
 }

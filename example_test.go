@@ -138,7 +138,7 @@ func Example() {
 		panic(err)
 	}
 	defer client.Close()
-	sub, _ := client.Subscribe("counter")
+	sub, _ := client.Subscribe("counter", nil)
 	if err := client.Connect(context.Background()); err != nil {
 		panic(err)
 	}
@@ -175,7 +175,7 @@ func ExampleClient_replay() {
 
 	client, _ := realtime.NewClient(realtime.ClientOptions{URL: url, ReconnectMin: 10 * time.Millisecond})
 	defer client.Close()
-	sub, _ := client.Subscribe("counter")
+	sub, _ := client.Subscribe("counter", nil)
 	client.Connect(context.Background())
 	fmt.Println("state:", string((<-sub.Messages()).(*realtime.StateMessage).CurrentState))
 

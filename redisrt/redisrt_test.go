@@ -241,7 +241,7 @@ func TestTwoInstances(t *testing.T) {
 	var followers []*follower
 	for i := 0; i < 6; i++ {
 		cl, _ := newClient(t, c.urls[i%2])
-		sub, _ := cl.Subscribe("doc")
+		sub, _ := cl.Subscribe("doc", nil)
 		followers = append(followers, follow(sub))
 	}
 	var wg sync.WaitGroup
@@ -343,10 +343,10 @@ func TestWindowBoundedInRedis(t *testing.T) {
 func TestRedisRestart(t *testing.T) {
 	c := newCluster(t, 1000)
 	clA, statesA := newClient(t, c.urls[0])
-	subA, _ := clA.Subscribe("doc")
+	subA, _ := clA.Subscribe("doc", nil)
 	fa := follow(subA)
 	clB, statesB := newClient(t, c.urls[1])
-	subB, _ := clB.Subscribe("doc")
+	subB, _ := clB.Subscribe("doc", nil)
 	fb := follow(subB)
 
 	var applied atomic.Int32

@@ -47,8 +47,8 @@ func Loopback(ctx context.Context, out io.Writer) error {
 	ok := func(format string, args ...any) { fmt.Fprintf(out, "ok    "+format+"\n", args...) }
 
 	// 1. subscribe: the state frame comes first, with the snapshot.
-	demo, _ := client.Subscribe("demo")
-	board, _ := client.Subscribe("board")
+	demo, _ := client.Subscribe("demo", nil)
+	board, _ := client.Subscribe("board", nil)
 	if err := client.Connect(ctx); err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
@@ -130,7 +130,7 @@ func Loopback(ctx context.Context, out io.Writer) error {
 	}
 	ok("lifecycle updated: state %s", lc.CurrentState)
 	mgr.Create("scratch", json.RawMessage(`[]`))
-	scratch, _ := client.Subscribe("scratch")
+	scratch, _ := client.Subscribe("scratch", nil)
 	if _, err := next[*realtime.StateMessage](scratch); err != nil {
 		return fmt.Errorf("subscribe scratch: %w", err)
 	}
