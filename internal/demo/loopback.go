@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
 	"time"
 
 	"github.com/degenerate/realtime"
@@ -115,7 +116,11 @@ func Loopback(ctx context.Context, out io.Writer) error {
 			return fmt.Errorf("replay: want replayed %s, got %v %v", id, describe(tx), err)
 		}
 	}
-	ok("reconnected with since: state %s, then the 3 missed transactions replayed", st.CurrentState)
+	end, err := next[*realtime.ReplayEndMessage](demo)
+	if err != nil || end.LastTransactionID != missed[2] || end.Transactions != 3 {
+		return fmt.Errorf("replay end: want the client's replay-end after %s, got %v %v", missed[2], describe(end), err)
+	}
+	ok("reconnected with since: state %s, then the 3 missed transactions replayed, then replay-end", st.CurrentState)
 	if _, err := next[*realtime.StateMessage](board); err != nil {
 		return fmt.Errorf("board after the reconnect: %w", err)
 	}
@@ -185,7 +190,7 @@ func next[T realtime.ServerMessage](s *realtime.Subscription) (T, error) {
 }
 
 func describe(m realtime.ServerMessage) string {
-	if m == nil {
+	if m == nil || reflect.ValueOf(m).IsNil() {
 		return "nothing"
 	}
 	return string(m.AppendJSON(nil))
