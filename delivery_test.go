@@ -473,3 +473,40 @@ func TestSlowReaderResyncShows(t *testing.T) {
 		t.Fatal("the stream was restarted without a resync message")
 	}
 }
+
+// TestReplayWindowWithHole: a window with a hole in its chain (transactions
+// applied while no server recorded them) gives no replay across the hole,
+// and says so, rather than a replay with some missing; nor one that stops
+// short of until.
+func TestReplayWindowWithHole(t *testing.T) {
+	s := NewMemoryReplayStore(10)
+	ctx := context.Background()
+	for _, r := range [][2]string{{"T1", ""}, {"T2", "T1"}, {"T4", "T3"}, {"T5", "T4"}} {
+		s.Append(ctx, "doc", ReplayRecord{TransactionID: r[0], PreviousTransactionID: r[1], Message: []byte(r[0])})
+	}
+	for _, c := range []struct {
+		since, until string
+		want         string // ids, or "not found"
+	}{
+		{"", "T2", "T1,T2"},
+		{"T1", "T2", "T2"},
+		{"T1", "T5", "not found"}, // across the hole
+		{"T4", "T5", "T5"},        // after it
+		{"T4", "T6", "not found"}, // short of until
+	} {
+		recs, err := s.Replay(ctx, "doc", c.since, c.until)
+		got := "not found"
+		if err == nil {
+			var ids []string
+			for _, r := range recs {
+				ids = append(ids, r.TransactionID)
+			}
+			got = strings.Join(ids, ",")
+		} else if !errors.Is(err, ErrReplayCursorNotFound) {
+			t.Fatal(err)
+		}
+		if got != c.want {
+			t.Errorf("Replay(%q, %q) = %s, want %s", c.since, c.until, got, c.want)
+		}
+	}
+}

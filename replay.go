@@ -36,7 +36,10 @@ type ReplayStore interface {
 	// Replay returns the retained records after since, up to and including
 	// until, oldest first. since "" means "before the first transaction".
 	// It returns nil when since equals until, and an error matching
-	// ErrReplayCursorNotFound when since is not in the window.
+	// ErrReplayCursorNotFound when since is not in the window or the
+	// records from since to until do not chain (each record's
+	// PreviousTransactionID the one before's TransactionID): a replay that
+	// cannot be whole is not given.
 	Replay(ctx context.Context, shareDataID, since, until string) ([]ReplayRecord, error)
 	// Drop forgets a share data item's window (it was removed).
 	Drop(ctx context.Context, shareDataID string) error
@@ -118,12 +121,22 @@ func (s *MemoryReplayStore) Replay(ctx context.Context, shareDataID, since, unti
 		return nil, ErrReplayCursorNotFound
 	}
 	var out []ReplayRecord
+	prev := since
 	for i := start; i < r.count; i++ {
 		rec := r.at(i)
+		if rec.PreviousTransactionID != prev {
+			// A hole in the window (transactions applied while nothing
+			// recorded them): a replay across it would skip some.
+			return nil, ErrReplayCursorNotFound
+		}
 		out = append(out, *rec)
 		if rec.TransactionID == until {
-			break
+			return out, nil
 		}
+		prev = rec.TransactionID
+	}
+	if until != "" {
+		return nil, ErrReplayCursorNotFound // the window does not reach until
 	}
 	return out, nil
 }

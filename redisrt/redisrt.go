@@ -170,11 +170,19 @@ func (s *ReplayStore) Replay(ctx context.Context, shareDataID, since, until stri
 		return nil, realtime.ErrReplayCursorNotFound
 	}
 	var out []realtime.ReplayRecord
+	prev := since
 	for _, r := range recs[start:] {
+		if r.Prev != prev {
+			return nil, realtime.ErrReplayCursorNotFound // a hole: the replay could not be whole
+		}
 		out = append(out, realtime.ReplayRecord{TransactionID: r.ID, PreviousTransactionID: r.Prev, Message: []byte(r.Msg)})
 		if r.ID == until {
-			break
+			return out, nil
 		}
+		prev = r.ID
+	}
+	if until != "" {
+		return nil, realtime.ErrReplayCursorNotFound // the window does not reach until
 	}
 	return out, nil
 }
