@@ -43,7 +43,11 @@
 //     the state frame and the first live frame.
 //   - Replay: a client that reconnects with since receives the retained
 //     transactions it missed (100 per share data by default), or an error
-//     frame saying the cursor is outside the window, never a silent gap.
+//     frame saying the cursor is outside the window, never a silent gap. A
+//     replay flows to the connection as its queue drains, so a window larger
+//     than the send cap still arrives; a connection cut during it resumes
+//     from the last transaction received (the Go client's cursor moves on
+//     replayed frames too).
 //   - Slow consumers: each connection has a bounded send queue (1 MiB by
 //     default). A client that cannot keep up is closed with 4001 at once;
 //     it never delays the broadcast to others. It reconnects with since and
