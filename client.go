@@ -140,7 +140,10 @@ type ClientOptions struct {
 	// MaxPending bounds the messages a subscription holds for a slow
 	// reader of Messages. Past it the held messages are dropped and the
 	// subscription is resubscribed with since = the last message
-	// delivered, so the server replays them: nothing is lost silently.
+	// delivered, so the server replays them: nothing is lost silently,
+	// and a *ResyncMessage in the stream marks the place. A bound much
+	// smaller than a replay (the server's window, 100 by default) makes a
+	// slow reader's stream restart many times before it catches up.
 	// Default 1000.
 	MaxPending int
 	// OnStateChange is called, from the client's goroutine, at every
@@ -946,7 +949,13 @@ func (s *Subscription) receive(m ServerMessage) {
 		s.mu.Unlock()
 		return
 	}
-	if resync == "" && len(s.queue)+2 > s.c.opts.MaxPending {
+	held := len(s.queue)
+	if held > 0 {
+		if _, ok := s.queue[0].m.(*ResyncMessage); ok {
+			held-- // an untaken resync does not count, or a reader slower than one message would resync forever
+		}
+	}
+	if resync == "" && held >= s.c.opts.MaxPending {
 		// The reader is too slow: drop what it has not taken and have the
 		// server replay from what it has.
 		clear(s.queue)

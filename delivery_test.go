@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -434,10 +435,18 @@ func TestSubscribeFromSavedCursor(t *testing.T) {
 
 // TestSlowReaderResyncShows (item 7): a reader that falls MaxPending
 // behind finds a resync message where its stream was cut, then a new state
-// and the replay of what was dropped: every transaction once.
+// and the replay of what was dropped: every transaction once. With
+// MaxPending 2 too, where the resync message itself must not count, or
+// the stream would restart forever.
 func TestSlowReaderResyncShows(t *testing.T) {
+	for _, max := range []int{5, 2} {
+		t.Run("MaxPending="+strconv.Itoa(max), func(t *testing.T) { slowReaderResync(t, max) })
+	}
+}
+
+func slowReaderResync(t *testing.T, maxPending int) {
 	rs := newRestartable(t, ServerOptions{})
-	c, _ := newTestClient(t, rs.url(), ClientOptions{MaxPending: 5})
+	c, _ := newTestClient(t, rs.url(), ClientOptions{MaxPending: maxPending})
 	sub, _ := c.Subscribe("doc", nil)
 	if err := c.Connect(context.Background()); err != nil {
 		t.Fatal(err)
@@ -445,14 +454,16 @@ func TestSlowReaderResyncShows(t *testing.T) {
 	if _, ok := (<-sub.Messages()).(*StateMessage); !ok {
 		t.Fatal("want the state first")
 	}
-	// Nobody reads while 20 transactions arrive: the held messages pass 5.
-	applied := applyN(t, rs.mgr, 20, 10)
+	// Nobody reads while the transactions arrive: the held messages pass
+	// MaxPending.
+	applied := applyN(t, rs.mgr, 4*maxPending+2, 10)
+	last := applied[len(applied)-1]
 	var msgs []ServerMessage
 	resyncs := 0
 	timeout := time.After(10 * time.Second)
 	for {
 		ids := transactionIDs(msgs)
-		if len(ids) > 0 && ids[len(ids)-1] == applied[19] {
+		if len(ids) > 0 && ids[len(ids)-1] == last {
 			break
 		}
 		select {

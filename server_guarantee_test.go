@@ -239,7 +239,18 @@ func TestHeartbeat(t *testing.T) {
 		t.Fatalf("dropped %v after the ping, before its interval was over", waited)
 	}
 	waitFor(t, func() bool { return rs.Stats().HeartbeatCloses == 1 })
-	time.Sleep(300 * time.Millisecond) // three more intervals
+	// Three more heartbeats, each answered by the healthy connection.
+	pongs := func() uint64 {
+		rs.mu.RLock()
+		defer rs.mu.RUnlock()
+		var n uint64
+		for sess := range rs.sessions {
+			n += sess.conn.pongCount()
+		}
+		return n
+	}
+	before := pongs()
+	waitFor(t, func() bool { return pongs() >= before+3 })
 	healthy.send(&PingMessage{CorrelationID: "still here"})
 	nextAs[*PongMessage](healthy)
 	if s := rs.Stats(); s.Connections != 1 || s.HeartbeatCloses != 1 {
