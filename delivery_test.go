@@ -373,7 +373,13 @@ func (s *flakyStore) Replay(ctx context.Context, id, since, until string) ([]Rep
 func TestTransientReplayFailureRecovers(t *testing.T) {
 	store := &flakyStore{MemoryReplayStore: NewMemoryReplayStore(0)}
 	rs := newRestartable(t, ServerOptions{ReplayStore: store})
-	p := newFaultProxy(t, rs.addr, nil)
+	away := make(chan struct{})
+	p := newFaultProxy(t, rs.addr, func(n int) proxyPlan {
+		if n == 1 {
+			<-away // the redial waits while the transactions are applied
+		}
+		return proxyPlan{}
+	})
 	c, _ := newTestClient(t, p.url(), ClientOptions{})
 	sub, _ := c.Subscribe("doc", nil)
 	col := collect(sub)
@@ -382,8 +388,9 @@ func TestTransientReplayFailureRecovers(t *testing.T) {
 	}
 	col.waitFor(t, "the state", func(m []ServerMessage) bool { return len(m) == 1 })
 	store.fail.Store(2)
-	missed := applyN(t, rs.mgr, 3, 10)
 	p.cutAll()
+	missed := applyN(t, rs.mgr, 3, 10)
+	close(away)
 	msgs := col.waitFor(t, "the replay after two failures", func(m []ServerMessage) bool { return len(transactionIDs(m)) == 3 })
 	deliveredOnce(t, msgs, missed)
 	errs := 0

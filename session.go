@@ -451,7 +451,7 @@ type subList []*subscription
 
 func (l subList) find(id string) *subscription {
 	for _, sub := range l {
-		if sub.topic.id == id {
+		if sub.id == id {
 			return sub
 		}
 	}
