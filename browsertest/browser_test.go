@@ -217,7 +217,8 @@ func TestDemoPageInChromium(t *testing.T) {
 		waitText(t, tab, name, id("status"), "open")
 		waitText(t, tab, name, id("count"), "4")
 		if n := evalInt(t, tab, `document.querySelectorAll("#log li.replayed").length`); n != 3 {
-			t.Fatalf("%s shows %d replayed transactions, want 3", name, n)
+			logText, _ := chromedp.Run(tab, chromedp.Evaluate[string](`[...document.querySelectorAll("#log li")].map(li => li.textContent.slice(0, 80)).join("\n")`))
+			t.Fatalf("%s shows %d replayed transactions, want 3; its log:\n%s", name, n, logText)
 		}
 	}
 	// The pages go on working after the restart.
