@@ -72,7 +72,10 @@ type ServerOptions struct {
 
 	// MaxBufferedBytes caps the bytes queued for one connection; when a
 	// frame would pass it, the connection is closed with 4001 (fell
-	// behind) at once, so a slow consumer never stalls a broadcast. Zero
+	// behind) at once, so a slow consumer never stalls a broadcast. It
+	// also bounds the live frames held for a subscription while its replay
+	// flows (a replay itself is fed as the queue drains, at most half the
+	// cap at a time, so a window larger than the cap still arrives). Zero
 	// means DefaultMaxBufferedBytes (1 MiB).
 	MaxBufferedBytes int
 	// HeartbeatInterval is how often every connection is pinged; a
@@ -139,9 +142,11 @@ var ErrServerClosed = errors.New("realtime: server closed")
 //
 // Guarantees: each subscriber receives every transaction applied after its
 // snapshot exactly once and in order, with no gap between the state frame
-// and the first live frame; a frame is encoded once however many
-// subscribers get it; one slow, malformed or flooding client never delays
-// another (its queue is bounded and it is closed instead).
+// and the first live frame; a subscribe with since gets the replay whole
+// (or replay-cursor-not-found), however large, before any live frame; a
+// frame is encoded once however many subscribers get it; one slow,
+// malformed or flooding client never delays another (its queue is bounded
+// and it is closed instead).
 type Server struct {
 	manager Manager
 	opts    ServerOptions
