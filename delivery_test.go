@@ -465,6 +465,17 @@ func slowReaderResync(t *testing.T, maxPending int) {
 	// MaxPending.
 	applied := applyN(t, rs.mgr, 4*maxPending+2, 10)
 	last := applied[len(applied)-1]
+	// Still nobody reads until the client has dropped what it held.
+	waitFor(t, func() bool {
+		sub.mu.Lock()
+		defer sub.mu.Unlock()
+		for _, q := range sub.queue {
+			if _, ok := q.m.(*ResyncMessage); ok {
+				return true
+			}
+		}
+		return false
+	})
 	var msgs []ServerMessage
 	resyncs := 0
 	timeout := time.After(10 * time.Second)

@@ -91,8 +91,10 @@ func runFaults(t *testing.T, seed uint64) faultReport {
 		kind := draw(func(r *rand.Rand) int64 { return r.Int64N(100) })
 		at := draw(func(r *rand.Rand) int64 { return 1 + r.Int64N(3<<20) })
 		switch {
-		case kind < 40:
+		case kind < 35:
 			return proxyPlan{}
+		case kind < 40:
+			return proxyPlan{cutDownAt: 1 + at%400} // the handshake response, or the first frames
 		case kind < 60:
 			return proxyPlan{cutDownAt: at}
 		case kind < 70:
