@@ -54,14 +54,15 @@ type session struct {
 	queued  int      // bytes accepted and not yet written
 	writing bool     // a writer goroutine is running
 	closing bool     // no more frames are accepted
+	// roomWaiters counts the producers waiting in waitRoom; room wakes
+	// them (made at the first wait, so a connection that never replays
+	// does not pay for it).
+	roomWaiters int32
+	room        *sync.Cond
 	// closeCode is sent by the writer once the queue is drained (0: none).
 	closeCode   StatusCode
 	closeReason string
 	subs        subList
-	// room wakes producers waiting in waitRoom (made at the first wait, so
-	// a connection that never replays does not pay for it).
-	room        *sync.Cond
-	roomWaiters int
 
 	// Heartbeat state, touched only by the heartbeat goroutine.
 	pinged    bool
