@@ -24,6 +24,8 @@ type restartable struct {
 	mgr  *MemoryManager
 	opts ServerOptions
 	addr string
+	// wrap, when set, wraps each listener (to tune the accepted sockets).
+	wrap func(net.Listener) net.Listener
 
 	mu  sync.Mutex
 	srv *Server
@@ -73,6 +75,9 @@ func (r *restartable) listen() {
 		r.t.Fatal(err)
 	}
 	r.addr = ln.Addr().String()
+	if r.wrap != nil {
+		ln = r.wrap(ln)
+	}
 	r.mu.Lock()
 	r.hs = &http.Server{Handler: r.srv}
 	hs := r.hs

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -76,8 +77,12 @@ func runFaults(t *testing.T, seed uint64) faultReport {
 		return f(rng)
 	}
 
-	store := NewMemoryReplayStore(64) // shared by every server instance, as a Redis one would be
+	store := NewMemoryReplayStore(256) // shared by every server instance, as a Redis one would be
 	rs := newRestartable(t, ServerOptions{ReplayStore: store, MaxBufferedBytes: 128 << 10})
+	// Small socket buffers on the server's side, so that a stalled link
+	// fills the server's queue rather than the kernel's, as on a real
+	// network where the bytes in flight are few.
+	rs.wrap = func(ln net.Listener) net.Listener { return smallSendBuffers{ln} }
 	if err := rs.mgr.Create("other", json.RawMessage(`{"count":0}`), testFunctions...); err != nil {
 		t.Fatal(err)
 	}
@@ -91,19 +96,21 @@ func runFaults(t *testing.T, seed uint64) faultReport {
 		kind := draw(func(r *rand.Rand) int64 { return r.Int64N(100) })
 		at := draw(func(r *rand.Rand) int64 { return 1 + r.Int64N(3<<20) })
 		switch {
-		case kind < 35:
+		case kind < 30:
 			return proxyPlan{}
-		case kind < 40:
+		case kind < 35:
 			return proxyPlan{cutDownAt: 1 + at%400} // the handshake response, or the first frames
-		case kind < 60:
+		case kind < 50:
 			return proxyPlan{cutDownAt: at}
-		case kind < 70:
+		case kind < 60:
 			return proxyPlan{cutUpAt: 1 + at%2000} // the handshake request, a subscribe, a proposal
-		case kind < 80:
+		case kind < 70:
 			return proxyPlan{cutDownAt: at, reset: true}
 		case kind < 95:
-			stall := time.Duration(50+draw(func(r *rand.Rand) int64 { return r.Int64N(450) })) * time.Millisecond
-			return proxyPlan{stallAt: at % (1 << 20), stallFor: stall, upstreamRB: 16 << 10}
+			// Long enough that the server's socket buffer and its queue
+			// fill, and it closes the subscriber with 4001.
+			stall := time.Duration(300+draw(func(r *rand.Rand) int64 { return r.Int64N(1200) })) * time.Millisecond
+			return proxyPlan{stallAt: 1 + at%(64<<10), stallFor: stall, upstreamRB: 16 << 10}
 		default:
 			refusals.Add(1)
 			return proxyPlan{refuse: true}
@@ -275,10 +282,22 @@ func runFaults(t *testing.T, seed uint64) faultReport {
 		rep.resyncs += chk.resyncs
 		chk.mu.Unlock()
 	}
-	if rep.replays == 0 || rep.cuts+rep.resets == 0 {
+	if rep.replays == 0 || rep.cuts+rep.resets == 0 || rep.closed4001 == 0 || rep.stalls == 0 {
 		t.Errorf("the run exercised too little: %s", rep)
 	}
 	return rep
+}
+
+// smallSendBuffers gives each accepted TCP connection a 16 KiB send
+// buffer.
+type smallSendBuffers struct{ net.Listener }
+
+func (l smallSendBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetWriteBuffer(16 << 10)
+	}
+	return c, err
 }
 
 // stopServer shuts the current server down: gracefully (1001 after the
