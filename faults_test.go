@@ -117,9 +117,19 @@ func runFaults(t *testing.T, seed uint64) faultReport {
 		}
 	})
 
-	// Subscribers: six clients following both items, two of them with a
-	// reader slower than its MaxPending allows.
-	const clients = 6
+	// Subscribers: six clients following both items through the proxy of
+	// random faults, two of them with a reader slower than its MaxPending
+	// allows.
+	// And a seventh behind a link that stalls for 2 s once 8 KiB passed,
+	// on every connection: whatever the timing, the server closes it with
+	// 4001 again and again, and it must still miss nothing.
+	stalling := newFaultProxy(t, rs.addr, func(n int) proxyPlan {
+		if calm.Load() {
+			return proxyPlan{}
+		}
+		return proxyPlan{stallAt: 8 << 10, stallFor: 2 * time.Second, upstreamRB: 16 << 10}
+	})
+	const clients = 7
 	var checks []*streamCheck
 	var clientsList []*Client
 	var wg sync.WaitGroup
@@ -130,7 +140,11 @@ func runFaults(t *testing.T, seed uint64) faultReport {
 		if slow {
 			opts.MaxPending = 16
 		}
-		c, _ := newTestClient(t, p.url(), opts)
+		url := p.url()
+		if i == clients-1 {
+			url = stalling.url()
+		}
+		c, _ := newTestClient(t, url, opts)
 		clientsList = append(clientsList, c)
 		for _, id := range faultItems {
 			sub, err := c.Subscribe(id, nil)
@@ -247,8 +261,10 @@ func runFaults(t *testing.T, seed uint64) faultReport {
 
 	// Converge: no more faults, one last outage to end stalled links, then
 	// every subscriber must reach each item's final state.
+	produced := time.Now()
 	calm.Store(true)
 	p.cutAll()
+	stalling.cutAll()
 	final := map[string]Snapshot{}
 	for _, id := range faultItems {
 		final[id], _ = rs.mgr.Snapshot(context.Background(), id)
@@ -263,11 +279,15 @@ func runFaults(t *testing.T, seed uint64) faultReport {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+	t.Logf("converged in %v", time.Since(produced).Round(time.Millisecond))
 	rep := faultReport{transactions: total + downApplied + proposed.Load(), restarts: restarts, proposals: proposed.Load(),
-		cuts: p.cuts.Load() - refusals.Load(), resets: p.resets.Load(), stalls: p.stalls.Load(), refusals: refusals.Load()}
+		cuts: p.cuts.Load() + stalling.cuts.Load() - refusals.Load(), resets: p.resets.Load(), stalls: p.stalls.Load() + stalling.stalls.Load(), refusals: refusals.Load()}
 	p.mu.Lock()
 	rep.connections = int64(p.n)
 	p.mu.Unlock()
+	stalling.mu.Lock()
+	rep.connections += int64(stalling.n)
+	stalling.mu.Unlock()
 	rs.mu.Lock()
 	rep.closed4001 = slowCloses.Load() + int64(rs.srv.Stats().SlowConsumerCloses)
 	rs.mu.Unlock()
