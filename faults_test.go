@@ -279,7 +279,7 @@ func runFaults(t *testing.T, seed uint64) faultReport {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	t.Logf("converged in %v", time.Since(produced).Round(time.Millisecond))
+	converged := time.Since(produced)
 	rep := faultReport{transactions: total + downApplied + proposed.Load(), restarts: restarts, proposals: proposed.Load(),
 		cuts: p.cuts.Load() + stalling.cuts.Load() - refusals.Load(), resets: p.resets.Load(), stalls: p.stalls.Load() + stalling.stalls.Load(), refusals: refusals.Load()}
 	p.mu.Lock()
@@ -302,6 +302,7 @@ func runFaults(t *testing.T, seed uint64) faultReport {
 		rep.resyncs += chk.resyncs
 		chk.mu.Unlock()
 	}
+	t.Logf("the streams converged %v after the last transaction", converged.Round(time.Millisecond))
 	if rep.replays == 0 || rep.cuts+rep.resets == 0 || rep.closed4001 == 0 || rep.stalls == 0 {
 		t.Errorf("the run exercised too little: %s", rep)
 	}
