@@ -665,7 +665,7 @@ func (c *Client) roundTrip(ctx context.Context, r *request) (ServerMessage, erro
 	select {
 	case m := <-r.result:
 		if e, ok := m.(*ErrorMessage); ok {
-			return nil, fmt.Errorf("realtime: %s: %s", e.Code, e.Message)
+			return nil, e // errors.As(err, &errorMessage) gives the code
 		}
 		return m, nil
 	case err := <-r.failed:

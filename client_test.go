@@ -609,3 +609,26 @@ func TestClientClose(t *testing.T) {
 		t.Fatalf("Subscribe after Close: %v", err)
 	}
 }
+
+// TestClientErrorFrameAnswer: a request answered by an error frame returns
+// that frame as the error, so the caller can match its code.
+func TestClientErrorFrameAnswer(t *testing.T) {
+	url := fakeServer(t, func(c *Conn) {
+		m, err := readClientMessage(c)
+		if err != nil {
+			return
+		}
+		p := m.(*ProposeMessage)
+		writeServer(c, &ErrorMessage{Code: "rate-limited", Message: "slow down", CorrelationID: p.CorrelationID})
+		readClientMessage(c) // until the client closes
+	})
+	c, _ := newTestClient(t, url, ClientOptions{})
+	if err := c.Connect(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Propose(context.Background(), "doc", "increment", json.RawMessage(`{"by":1}`))
+	var em *ErrorMessage
+	if !errors.As(err, &em) || em.Code != "rate-limited" || err.Error() != "realtime: the server answered rate-limited: slow down" {
+		t.Fatalf("Propose: %v", err)
+	}
+}

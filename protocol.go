@@ -201,6 +201,13 @@ type ErrorMessage struct {
 	CorrelationID string // matches the answer to the request
 }
 
+// Error makes an error frame an error, so that the Go client can return it
+// as it came (Propose or Ping answered by an error frame) and a caller can
+// match it with errors.As and decide on its Code.
+func (m *ErrorMessage) Error() string {
+	return "realtime: the server answered " + m.Code + ": " + m.Message
+}
+
 func (*SubscribeMessage) MessageType() string      { return TypeSubscribe }
 func (*UnsubscribeMessage) MessageType() string    { return TypeUnsubscribe }
 func (*ProposeMessage) MessageType() string        { return TypePropose }
