@@ -1,44 +1,94 @@
 #!/usr/bin/env bash
 # Runs every test of every module in this repository: gofmt, go vet and
-# go test -race for the root module and each nested module (interop/, ...).
-# Whatever the tests need is installed or started here, never by hand.
+# go test -race for the root module and each nested module (interop/, ...),
+# then the allocation checks without the race detector. Whatever the tests
+# need is installed or started here, never by hand. It ends with one line
+# per module and a total: "N passed, M failed", counting tests, subtests
+# and examples.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# The browser tests (browsertest/) drive Debian's chromium.
-if ! command -v chromium >/dev/null 2>&1; then
-	echo "=== installing Debian's chromium for the browser tests"
-	SUDO=""
-	if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
-	$SUDO apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+# The browser tests (browsertest/) drive Debian's chromium; the Redis tests
+# (redisrt/) start Debian's redis-server themselves.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "=== installing Debian's ${missing[*]} for the browser and Redis tests"
+	if ! command -v apt-get >/dev/null 2>&1; then
+		echo "test.sh: missing ${missing[*]}, and there is no apt-get here to install them." >&2
+		echo "Install them with this system's package manager (Debian names: chromium, redis-server), then run ./test.sh again." >&2
+		exit 2
+	fi
+	as_root=()
+	if [ "$(id -u)" != 0 ]; then
+		if ! command -v sudo >/dev/null 2>&1; then
+			echo "test.sh: installing ${missing[*]} needs root, and sudo is missing." >&2
+			echo "Run it as root, or install them first: apt-get install ${missing[*]}" >&2
+			exit 2
+		fi
+		as_root=(sudo)
+	fi
+	# env, so that DEBIAN_FRONTEND survives sudo; the lists are updated once.
+	${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# The Redis tests (redisrt/) start Debian's redis-server themselves.
-if ! command -v redis-server >/dev/null 2>&1; then
-	echo "=== installing Debian's redis-server for the Redis tests"
-	SUDO=""
-	if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
-	$SUDO apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
-fi
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+summary=()
+total_pass=0
+total_fail=0
+status=0
+
+# run NAME LOG CMD...: runs a go test command with -v into LOG, shows the
+# package lines and every failure, and counts the tests that passed and
+# failed.
+run() {
+	local name=$1 log=$2
+	shift 2
+	local rc=0
+	"$@" >"$log" 2>&1 || rc=$?
+	grep -E '^(ok|FAIL|\?|panic:)' "$log" || true
+	if [ $rc != 0 ]; then
+		# What a plain (non -v) run would show: everything but the
+		# progress lines and the logs of tests that passed.
+		grep -v -E '^\s*(=== (RUN|PAUSE|CONT|NAME)|--- PASS|--- SKIP)' "$log" | tail -n 400 || true
+		status=1
+	fi
+	local pass fail
+	pass=$(grep -c -E '^\s*--- PASS' "$log" || true)
+	fail=$(grep -c -E '^\s*--- FAIL' "$log" || true)
+	if [ $rc != 0 ] && [ "$fail" = 0 ]; then
+		fail=1 # a build failure, a panic or a timeout: count it
+	fi
+	summary+=("$name: $pass passed, $fail failed")
+	total_pass=$((total_pass + pass))
+	total_fail=$((total_fail + fail))
+}
 
 modules=$(find . -name go.mod -not -path './.git/*' -exec dirname {} \; | sort)
-status=0
+i=0
 for m in $modules; do
 	echo "=== module $m"
-	(
-		cd "$m"
-		unformatted=$(gofmt -l .)
-		if [ -n "$unformatted" ]; then
-			echo "gofmt: these files need formatting:"; echo "$unformatted"; exit 1
-		fi
-		go vet ./...
-		go test -race -count=1 -timeout 20m ./...
-	) || status=1
+	unformatted=$(cd "$m" && gofmt -l .)
+	if [ -n "$unformatted" ]; then
+		echo "gofmt: these files need formatting:"
+		echo "$unformatted"
+		status=1
+	fi
+	(cd "$m" && go vet ./...) || status=1
+	i=$((i + 1))
+	run "module $m" "$logs/$i.log" bash -c "cd '$m' && go test -race -count=1 -v -timeout 20m ./..."
 done
 # Allocation counts are checked without the race detector, which allocates
 # on its own.
 echo "=== allocation checks (no -race)"
-go test -count=1 -run 'Allocs' . || status=1
+run "allocation checks" "$logs/allocs.log" go test -count=1 -v -run 'Allocs' .
+
+echo "=== summary"
+for line in "${summary[@]}"; do
+	echo "$line"
+done
+echo "total: $total_pass passed, $total_fail failed"
 exit $status
