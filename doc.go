@@ -17,7 +17,8 @@
 //   - Authentication: NewJWTAuthenticator with ShareDataAudienceAuthorizer
 //     and ShareDataAudienceProposeAuthorizer, or your own
 //     ServerOptions.Authenticate and authorizers.
-//   - The WebSocket layer alone: Accept, Dial and Conn.
+//   - The WebSocket layer alone: Accept, Dial and Conn (see the examples
+//     of Accept, Dial, Conn.Writer and CloseError).
 //
 // # The protocol in brief
 //
