@@ -191,7 +191,7 @@ type jwtAuthority struct {
 // contains the token.
 //
 // It returns an error when an authority or key is unusable.
-func NewJWTAuthenticator(opts JWTOptions) (func(r *http.Request) (any, error), error) {
+func NewJWTAuthenticator(opts JWTOptions) (AuthenticateUpgrade, error) {
 	if len(opts.Authorities) == 0 {
 		return nil, errors.New("realtime: JWT authenticator needs at least one authority")
 	}

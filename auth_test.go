@@ -325,3 +325,11 @@ func TestJWTOverConnections(t *testing.T) {
 		}
 	})
 }
+
+// The built-in hooks have the named hook types, so users can check their
+// own the same way.
+var (
+	_ AuthorizeSubscribe                            = ShareDataAudienceAuthorizer
+	_ AuthorizePropose                              = ShareDataAudienceProposeAuthorizer
+	_ func(JWTOptions) (AuthenticateUpgrade, error) = NewJWTAuthenticator
+)

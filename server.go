@@ -23,28 +23,39 @@ const (
 	DefaultMaxSubscriptionsPerConnection = 100
 )
 
+// AuthenticateUpgrade is the hook that runs before each upgrade. It returns
+// a per-connection value that reaches the authorizers, or an error that
+// refuses the upgrade with an HTTP response before any WebSocket byte: the
+// status and headers of an *AuthError, or 401. When the value has a method
+// ExpiresAt() time.Time, the connection is closed with 4002 (unauthorized)
+// at that time. NewJWTAuthenticator makes one.
+type AuthenticateUpgrade func(r *http.Request) (any, error)
+
+// AuthorizeSubscribe decides one subscribe for the value that
+// AuthenticateUpgrade returned; an error is sent to the client as an error
+// frame with code "forbidden" and the error's text, which ends that
+// subscription. ShareDataAudienceAuthorizer is one.
+type AuthorizeSubscribe func(ctx context.Context, auth any, shareDataID string) error
+
+// AuthorizePropose decides one propose; an error is answered as a
+// proposal-result with accepted false and the error's text, and nothing is
+// applied. ShareDataAudienceProposeAuthorizer is one.
+type AuthorizePropose func(ctx context.Context, auth any, shareDataID, functionID string) error
+
 // ServerOptions configure a Server. The zero value gives the defaults of
 // @degenerate/realtime: a replay window of 100 transactions per share data,
 // a 1 MiB send-buffer cap, a 30 s heartbeat, and no authentication, no
 // authorization and no propose.
 type ServerOptions struct {
-	// Authenticate runs before the upgrade. It returns a per-connection
-	// value that reaches the authorizers, or an error that refuses the
-	// upgrade with an HTTP response before any WebSocket byte: the
-	// status and headers of an *AuthError, or 401. When the value has a
-	// method ExpiresAt() time.Time, the connection is closed with 4002
-	// (unauthorized) at that time. Nil admits everyone with a nil value.
-	Authenticate func(r *http.Request) (any, error)
+	// Authenticate runs before each upgrade (see AuthenticateUpgrade).
+	// Nil admits everyone with a nil value.
+	Authenticate AuthenticateUpgrade
 
-	// AuthorizeSubscribe decides each subscribe; an error is sent to the
-	// client as a non-fatal error frame with code "forbidden" and the
-	// error's text. Nil allows all.
-	AuthorizeSubscribe func(ctx context.Context, auth any, shareDataID string) error
+	// AuthorizeSubscribe decides each subscribe. Nil allows all.
+	AuthorizeSubscribe AuthorizeSubscribe
 
-	// AuthorizePropose decides each propose; an error is sent as a
-	// proposal-result with accepted false and the error's text. Nil allows
-	// all.
-	AuthorizePropose func(ctx context.Context, auth any, shareDataID, functionID string) error
+	// AuthorizePropose decides each propose. Nil allows all.
+	AuthorizePropose AuthorizePropose
 
 	// ResolveFunction maps a propose's function id to a function.
 	// IDFunctionResolver is the conventional one. Nil disables propose:
