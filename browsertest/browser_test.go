@@ -205,6 +205,13 @@ func TestDemoPageInChromium(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
+	// While it is down, a page says it is reconnecting and why, and a
+	// proposal is refused on the page.
+	waitText(t, tab1, "tab 1", id("status"), "reconnecting… the server is going away (1001: server shutting down)")
+	if err := chromedp.Do(tab1, chromedp.Click(id("inc"))); err != nil {
+		t.Fatal(err)
+	}
+	waitText(t, tab1, "tab 1", id("error"), "not connected")
 	d.newServer()
 	for i := 0; i < 3; i++ {
 		if _, err := d.mgr.Apply(context.Background(), "demo", demo.Increment, json.RawMessage(`{"by":1}`)); err != nil {
@@ -216,11 +223,18 @@ func TestDemoPageInChromium(t *testing.T) {
 		name := fmt.Sprint("tab ", i+1)
 		waitText(t, tab, name, id("status"), "open")
 		waitText(t, tab, name, id("count"), "4")
+		if n := evalInt(t, tab, `[...document.querySelectorAll("#log li")].filter(li => li.textContent.startsWith("[state] disconnected: the server is going away (1001")).length`); n != 1 {
+			t.Fatalf("%s logged %d disconnects with 1001, want 1", name, n)
+		}
+		if n := evalInt(t, tab, `[...document.querySelectorAll("#log li")].filter(li => li.textContent === "[state] reconnected").length`); n != 1 {
+			t.Fatalf("%s logged %d reconnects, want 1", name, n)
+		}
 		if n := evalInt(t, tab, `document.querySelectorAll("#log li.replayed").length`); n != 3 {
 			logText, _ := chromedp.Run(tab, chromedp.Evaluate[string](`[...document.querySelectorAll("#log li")].map(li => li.textContent.slice(0, 80)).join("\n")`))
 			t.Fatalf("%s shows %d replayed transactions, want 3; its log:\n%s", name, n, logText)
 		}
 	}
+	waitText(t, tab1, "tab 1", id("error"), "") // the banner cleared once recovered
 	// The pages go on working after the restart.
 	if err := chromedp.Do(tab2, chromedp.Click(id("inc"))); err != nil {
 		t.Fatal(err)
@@ -317,7 +331,7 @@ func TestDemoPageStopsAfterTokenExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitText(t, tab, "expiring token", id("count"), "0") // admitted, subscribed
-	waitText(t, tab, "expiring token", id("status"), "closed 4002: token expired")
+	waitText(t, tab, "expiring token", id("status"), "stopped: the token expired or was refused (4002: token expired)")
 	waitText(t, tab, "expiring token", id("error"), "Your token has expired: reload the page with a fresh one.")
 	// The page used to redial within 250 ms of a 4002; give it four times
 	// that to show it does not.
