@@ -884,8 +884,7 @@ func (s *Subscription) receive(m ServerMessage) {
 	var resync string // why the stream is restarted, "" when it is not
 	var endErr error
 	var after ServerMessage // a client message queued after m
-	retry := false
-	stale := false
+	retry, stale, unknown := false, false, false
 	switch m := m.(type) {
 	case *StateMessage:
 		s.awaiting, s.retries = false, 0
@@ -937,6 +936,7 @@ func (s *Subscription) receive(m ServerMessage) {
 			}
 		case finalCode(m.Code):
 			endErr = &SubscriptionError{ShareDataID: s.id, Code: m.Code, Message: m.Message}
+			unknown = m.Code == ErrCodeUnknownShareData
 		default:
 			// The server did not keep the subscription but may serve it
 			// later: subscribe again after a pause.
@@ -985,9 +985,8 @@ func (s *Subscription) receive(m ServerMessage) {
 		if c.subs[s.id] == s {
 			delete(c.subs, s.id)
 		}
-		var se *SubscriptionError
-		if errors.As(endErr, &se) && se.Code == ErrCodeUnknownShareData {
-			c.unknownEnded = true
+		if unknown {
+			c.unknownEnded = true // explains the 4003 that follows
 		}
 		c.mu.Unlock()
 		s.end(endErr)

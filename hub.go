@@ -238,12 +238,18 @@ func (sub *subscription) deliver(version uint64, frame []byte) bool {
 	return true
 }
 
-// fellBehind stops queueing for sub and closes its connection with 4001,
-// so its client resubscribes from its cursor. The caller holds topic.mu.
-func (sub *subscription) fellBehind(reason string) {
+// stop ends queueing for sub and drops what it holds; its feeder, if any,
+// sees the state and returns. The caller holds topic.mu.
+func (sub *subscription) stop() {
 	sub.state = subEnded
 	clear(sub.held)
 	sub.held, sub.heldBytes = nil, 0
+}
+
+// fellBehind stops sub and closes its connection with 4001, so its client
+// resubscribes from its cursor. The caller holds topic.mu.
+func (sub *subscription) fellBehind(reason string) {
+	sub.stop()
 	sub.sess.close(CloseFellBehind, reason, false)
 }
 
@@ -437,9 +443,7 @@ func (h *hub) detach(sub *subscription) {
 	t := sub.topic
 	h.mu.Lock()
 	t.mu.Lock()
-	sub.state = subEnded
-	clear(sub.held)
-	sub.held, sub.heldBytes = nil, 0
+	sub.stop()
 	t.remove(sub)
 	h.dropIfEmptyLocked(t)
 	t.mu.Unlock()
