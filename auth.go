@@ -84,12 +84,12 @@ type JWTOptions struct {
 	Now func() time.Time
 }
 
-// DefaultJWTLeeway is the clock skew tolerated by default.
-const DefaultJWTLeeway = 5 * time.Second
+// defaultJWTLeeway is the clock skew tolerated by default.
+const defaultJWTLeeway = 5 * time.Second
 
-// DefaultMaxTokenSize is the longest token accepted by default: 8 KiB,
+// defaultMaxTokenSize is the longest token accepted by default: 8 KiB,
 // several times a token with a few dozen claims and an RSA signature.
-const DefaultMaxTokenSize = 8 << 10
+const defaultMaxTokenSize = 8 << 10
 
 // Claims is the per-connection value of a connection admitted by the JWT
 // bridge: it reaches every authorizer. Its ExpiresAt makes the server close
@@ -229,7 +229,7 @@ func NewJWTAuthenticator(opts JWTOptions) (AuthenticateUpgrade, error) {
 	}
 	leeway := opts.Leeway
 	if leeway == 0 {
-		leeway = DefaultJWTLeeway
+		leeway = defaultJWTLeeway
 	} else if leeway < 0 {
 		leeway = 0
 	}
@@ -239,7 +239,7 @@ func NewJWTAuthenticator(opts JWTOptions) (AuthenticateUpgrade, error) {
 	}
 	maxSize := opts.MaxTokenSize
 	if maxSize <= 0 {
-		maxSize = DefaultMaxTokenSize
+		maxSize = defaultMaxTokenSize
 	}
 	parser := jwt.NewParser(
 		jwt.WithValidMethods(methods),

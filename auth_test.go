@@ -296,13 +296,13 @@ func TestJWTOverConnections(t *testing.T) {
 		api := sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("hmac-issuer", func(c jwt.MapClaims) { c["aud"] = "api" }))
 		c := dialRT(t, rs.url, http.Header{"Authorization": {"Bearer " + api}})
 		c.send(&SubscribeMessage{ShareDataID: "doc"})
-		if e := nextAs[*ErrorMessage](c); e.Code != ErrCodeForbidden || !strings.Contains(e.Message, "SHAREDATA") {
+		if e := nextAs[*ErrorMessage](c); e.Code != CodeForbidden || !strings.Contains(e.Message, "SHAREDATA") {
 			t.Fatalf("%s", e.AppendJSON(nil))
 		}
 		limited := sign(t, jwt.SigningMethodHS256, k.hmac, "k1", claimsFor("hmac-issuer", func(c jwt.MapClaims) { c[ClaimShareDataIDs] = []string{"other"} }))
 		c2 := dialRT(t, rs.url, http.Header{"Authorization": {"Bearer " + limited}})
 		c2.send(&SubscribeMessage{ShareDataID: "doc"})
-		if e := nextAs[*ErrorMessage](c2); e.Code != ErrCodeForbidden || !strings.Contains(e.Message, `"doc"`) {
+		if e := nextAs[*ErrorMessage](c2); e.Code != CodeForbidden || !strings.Contains(e.Message, `"doc"`) {
 			t.Fatalf("%s", e.AppendJSON(nil))
 		}
 		c2.subscribe("other")

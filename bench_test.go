@@ -223,7 +223,7 @@ func BenchmarkTopicFanOut(b *testing.B) {
 		s := &session{srv: srv, conn: c, ctx: context.Background()}
 		s.writeFn = s.writeLoop
 		sessions[i] = s
-		sub := &subscription{sess: s, id: t.id, topic: t, state: subLive}
+		sub := &subscriber{sess: s, id: t.id, topic: t, state: subLive}
 		t.add(sub)
 	}
 	frame := appendServerFrame(nil, validServerFrame())

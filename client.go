@@ -21,13 +21,13 @@ import (
 
 // Defaults of ClientOptions.
 const (
-	DefaultDialTimeout      = 10 * time.Second
-	DefaultReconnectMin     = 250 * time.Millisecond
-	DefaultReconnectMax     = 30 * time.Second
-	DefaultMaxQueueSize     = 100
-	DefaultRequestTimeout   = 10 * time.Second
-	DefaultHeartbeatTimeout = 75 * time.Second
-	DefaultMaxPending       = 1000
+	defaultDialTimeout      = 10 * time.Second
+	defaultReconnectMin     = 250 * time.Millisecond
+	defaultReconnectMax     = 30 * time.Second
+	defaultMaxQueueSize     = 100
+	defaultRequestTimeout   = 10 * time.Second
+	defaultHeartbeatTimeout = 75 * time.Second
+	defaultMaxPending       = 1000
 )
 
 // Client errors.
@@ -57,50 +57,50 @@ func (e *ProposalError) Error() string { return "realtime: proposal refused: " +
 // SubscriptionError ends a subscription the server refused (an error
 // frame such as "forbidden", or close 4003 for an unknown id).
 type SubscriptionError struct {
-	ShareDataID string // the refused subscription's id
-	Code        string // the error frame's code, or "unknown-share-data"
-	Message     string // the server's explanation
+	ShareDataID string    // the refused subscription's id
+	Code        ErrorCode // the error frame's code
+	Message     string    // the server's explanation
 }
 
 func (e *SubscriptionError) Error() string {
 	return fmt.Sprintf("realtime: subscription to %s refused: %s: %s", quoteForError(e.ShareDataID), e.Code, e.Message)
 }
 
-// ConnState is the state of a client's connection.
-type ConnState int
+// ClientState is the state of a client's connection.
+type ClientState int
 
 const (
-	StateConnecting ConnState = iota + 1 // dialing, or waiting to redial
-	StateOpen                            // connected and subscribed
-	StateClosed                          // the connection ended (Code and Reason say how)
-	StateStopped                         // the client stopped for good (Close, or 4002 without a new token)
+	ClientConnecting ClientState = iota + 1 // dialing, or waiting to redial
+	ClientOpen                              // connected and subscribed
+	ClientClosed                            // the connection ended (Code and Reason say how)
+	ClientStopped                           // the client stopped for good (Close, or 4002 without a new token)
 )
 
-func (s ConnState) String() string {
+func (s ClientState) String() string {
 	switch s {
-	case StateConnecting:
+	case ClientConnecting:
 		return "connecting"
-	case StateOpen:
+	case ClientOpen:
 		return "open"
-	case StateClosed:
+	case ClientClosed:
 		return "closed"
-	case StateStopped:
+	case ClientStopped:
 		return "stopped"
 	}
-	return "ConnState(" + strconv.Itoa(int(s)) + ")"
+	return "ClientState(" + strconv.Itoa(int(s)) + ")"
 }
 
 // StateChange reports a change of the client's connection.
 type StateChange struct {
-	State ConnState // the new state
-	// Code and Reason are the close frame's, for StateClosed (1006 when
+	State ClientState // the new state
+	// Code and Reason are the close frame's, for ClientClosed (1006 when
 	// the connection ended without one).
-	Code   StatusCode
+	Code   CloseCode
 	Reason string // see Code
 	// Err is the error that caused the change, if any.
 	Err error
 	// Delay is how long the client waits before redialing, for
-	// StateConnecting after a failure.
+	// ClientConnecting after a failure.
 	Delay time.Duration
 }
 
@@ -201,25 +201,25 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	}
 	o := &opts
 	if o.DialTimeout <= 0 {
-		o.DialTimeout = DefaultDialTimeout
+		o.DialTimeout = defaultDialTimeout
 	}
 	if o.ReconnectMin <= 0 {
-		o.ReconnectMin = DefaultReconnectMin
+		o.ReconnectMin = defaultReconnectMin
 	}
 	if o.ReconnectMax <= 0 {
-		o.ReconnectMax = DefaultReconnectMax
+		o.ReconnectMax = defaultReconnectMax
 	}
 	if o.MaxQueueSize <= 0 {
-		o.MaxQueueSize = DefaultMaxQueueSize
+		o.MaxQueueSize = defaultMaxQueueSize
 	}
 	if o.RequestTimeout <= 0 {
-		o.RequestTimeout = DefaultRequestTimeout
+		o.RequestTimeout = defaultRequestTimeout
 	}
 	if o.HeartbeatTimeout <= 0 {
-		o.HeartbeatTimeout = DefaultHeartbeatTimeout
+		o.HeartbeatTimeout = defaultHeartbeatTimeout
 	}
 	if o.MaxPending <= 0 {
-		o.MaxPending = DefaultMaxPending
+		o.MaxPending = defaultMaxPending
 	}
 	c := &Client{opts: opts, log: opts.Logger, pending: make(map[string]*request), subs: make(map[string]*Subscription),
 		opened: make(chan struct{}), stoppedCh: make(chan struct{})}
@@ -327,7 +327,7 @@ func (c *Client) stop(err error) {
 	for _, s := range subs {
 		s.end(err)
 	}
-	c.notify(StateChange{State: StateStopped, Err: err})
+	c.notify(StateChange{State: ClientStopped, Err: err})
 }
 
 func (c *Client) notify(sc StateChange) {
@@ -345,7 +345,7 @@ func (c *Client) run() {
 		if c.ctx.Err() != nil || c.isStopped() {
 			return
 		}
-		c.notify(StateChange{State: StateConnecting})
+		c.notify(StateChange{State: ClientConnecting})
 		conn, err := c.dial()
 		if err != nil {
 			if c.ctx.Err() != nil {
@@ -363,7 +363,7 @@ func (c *Client) run() {
 			c.lastErr = err
 			c.mu.Unlock()
 			c.log.Warn("realtime: connect failed; retrying", "attempt", attempt, "retry_in", delay, "err", err)
-			c.notify(StateChange{State: StateConnecting, Err: err, Delay: delay})
+			c.notify(StateChange{State: ClientConnecting, Err: err, Delay: delay})
 			if !c.sleep(delay) {
 				return
 			}
@@ -374,7 +374,7 @@ func (c *Client) run() {
 		if c.ctx.Err() != nil || c.isStopped() {
 			return
 		}
-		c.notify(StateChange{State: StateClosed, Code: ce.Code, Reason: ce.Reason, Err: ce})
+		c.notify(StateChange{State: ClientClosed, Code: ce.Code, Reason: ce.Reason, Err: ce})
 		switch ce.Code {
 		case CloseUnauthorized:
 			if !c.haveToken() {
@@ -474,7 +474,7 @@ func (c *Client) dial() (*Conn, error) {
 	o.HandshakeTimeout = c.opts.DialTimeout
 	o.IdleTimeout = c.opts.HeartbeatTimeout
 	if o.ReadLimit == 0 {
-		o.ReadLimit = DefaultMaxBufferedBytes // a frame may be as large as the server's send cap
+		o.ReadLimit = defaultMaxBufferedBytes // a frame may be as large as the server's send cap
 	}
 	conn, _, err := Dial(c.ctx, c.opts.URL, &o)
 	return conn, err
@@ -501,7 +501,7 @@ func (c *Client) serve(conn *Conn) *CloseError {
 	}
 	c.flush(conn)
 	c.openOnce.Do(func() { close(c.opened) })
-	c.notify(StateChange{State: StateOpen})
+	c.notify(StateChange{State: ClientOpen})
 
 	var err error
 	for {
@@ -695,7 +695,7 @@ func (c *Client) Propose(ctx context.Context, shareDataID, functionID string, pr
 	}
 	res, ok := m.(*ProposalResultMessage)
 	if !ok {
-		return "", fmt.Errorf("realtime: unexpected %s answer to a proposal", m.MessageType())
+		return "", fmt.Errorf("realtime: unexpected %s answer to a proposal", m.typeName())
 	}
 	if !res.Accepted {
 		return "", &ProposalError{Reason: res.Error}
@@ -859,9 +859,9 @@ func (s *Subscription) subscribeMessage() []byte {
 
 // finalCode reports whether an error frame's code ends a subscription:
 // retrying the subscribe cannot change the answer.
-func finalCode(code string) bool {
+func finalCode(code ErrorCode) bool {
 	switch code {
-	case ErrCodeForbidden, ErrCodeTooManySubscriptions, ErrCodeUnknownShareData:
+	case CodeForbidden, CodeTooManySubscriptions, CodeUnknownShareData:
 		return true
 	}
 	return false
@@ -928,7 +928,7 @@ func (s *Subscription) receive(m ServerMessage) {
 		}
 	case *ErrorMessage:
 		switch {
-		case m.Code == ErrCodeReplayCursorNotFound:
+		case m.Code == CodeReplayCursorNotFound:
 			if s.replaying {
 				// No replay is coming: the state frame is the resume point.
 				s.replaying = false
@@ -936,7 +936,7 @@ func (s *Subscription) receive(m ServerMessage) {
 			}
 		case finalCode(m.Code):
 			endErr = &SubscriptionError{ShareDataID: s.id, Code: m.Code, Message: m.Message}
-			unknown = m.Code == ErrCodeUnknownShareData
+			unknown = m.Code == CodeUnknownShareData
 		default:
 			// The server did not keep the subscription but may serve it
 			// later: subscribe again after a pause.
@@ -1109,24 +1109,24 @@ type ReplayEndMessage struct {
 	Transactions      int    // the replayed transactions received
 }
 
-// MessageType returns "resync".
-func (m *ResyncMessage) MessageType() string { return "resync" }
+// typeName returns "resync".
+func (m *ResyncMessage) typeName() string { return "resync" }
 
 // AppendJSON appends a description of m, for logs; it is not a wire message.
 func (m *ResyncMessage) AppendJSON(dst []byte) []byte {
-	dst = appendEnvelope(dst, m.MessageType())
+	dst = appendEnvelope(dst, m.typeName())
 	dst = appendStringField(dst, "shareDataId", m.ShareDataID)
 	dst = appendStringField(dst, "reason", m.Reason)
 	dst = appendStringField(dst, "since", m.Since)
 	return append(dst, '}')
 }
 
-// MessageType returns "replay-end".
-func (m *ReplayEndMessage) MessageType() string { return "replay-end" }
+// typeName returns "replay-end".
+func (m *ReplayEndMessage) typeName() string { return "replay-end" }
 
 // AppendJSON appends a description of m, for logs; it is not a wire message.
 func (m *ReplayEndMessage) AppendJSON(dst []byte) []byte {
-	dst = appendEnvelope(dst, m.MessageType())
+	dst = appendEnvelope(dst, m.typeName())
 	dst = appendStringField(dst, "shareDataId", m.ShareDataID)
 	dst = appendStringField(dst, "lastTransactionId", m.LastTransactionID)
 	dst = strconv.AppendInt(append(dst, `,"transactions":`...), int64(m.Transactions), 10)

@@ -147,11 +147,11 @@ func (l *stateLog) count(match func(StateChange) bool) int {
 	return n
 }
 
-func closedWith(code StatusCode) func(StateChange) bool {
-	return func(sc StateChange) bool { return sc.State == StateClosed && sc.Code == code }
+func closedWith(code CloseCode) func(StateChange) bool {
+	return func(sc StateChange) bool { return sc.State == ClientClosed && sc.Code == code }
 }
 
-func isOpen(sc StateChange) bool { return sc.State == StateOpen }
+func isOpen(sc StateChange) bool { return sc.State == ClientOpen }
 
 // collector reads a subscription's messages into a list.
 type collector struct {
@@ -573,7 +573,7 @@ func TestClientHeartbeat(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return conns.Load() >= 2 })
-	if time.Since(start) > 5*time.Second || states.count(func(sc StateChange) bool { return sc.State == StateClosed }) < 1 {
+	if time.Since(start) > 5*time.Second || states.count(func(sc StateChange) bool { return sc.State == ClientClosed }) < 1 {
 		t.Fatalf("after %v: %+v", time.Since(start), states.all)
 	}
 }

@@ -8,49 +8,49 @@ import (
 	"time"
 )
 
-// StatusCode is a WebSocket close status code (RFC 6455 section 7.4). The
+// CloseCode is a WebSocket close status code (RFC 6455 section 7.4). The
 // codes 1000-1015 are defined by the RFC and the IANA registry; 4001-4004
 // are this package's application codes, shared with the npm package
 // @degenerate/realtime.
-type StatusCode int
+type CloseCode int
 
 // RFC 6455 and IANA-registered close codes.
 const (
 	// CloseNormalClosure (1000): the purpose of the connection was fulfilled.
-	CloseNormalClosure StatusCode = 1000
+	CloseNormalClosure CloseCode = 1000
 	// CloseGoingAway (1001): a server going down or a browser leaving the page.
-	CloseGoingAway StatusCode = 1001
+	CloseGoingAway CloseCode = 1001
 	// CloseProtocolError (1002): the peer broke the WebSocket protocol.
-	CloseProtocolError StatusCode = 1002
+	CloseProtocolError CloseCode = 1002
 	// CloseUnsupportedData (1003): a data type the endpoint cannot accept.
-	CloseUnsupportedData StatusCode = 1003
+	CloseUnsupportedData CloseCode = 1003
 	// CloseNoStatusReceived (1005) is never sent. It is reported when a
 	// close frame carried no status code.
-	CloseNoStatusReceived StatusCode = 1005
+	CloseNoStatusReceived CloseCode = 1005
 	// CloseAbnormalClosure (1006) is never sent. It is reported when the
 	// connection ended without a close frame.
-	CloseAbnormalClosure StatusCode = 1006
+	CloseAbnormalClosure CloseCode = 1006
 	// CloseInvalidPayload (1007): a text message or close reason was not
 	// valid UTF-8.
-	CloseInvalidPayload StatusCode = 1007
+	CloseInvalidPayload CloseCode = 1007
 	// ClosePolicyViolation (1008): a message violated the endpoint's policy.
-	ClosePolicyViolation StatusCode = 1008
+	ClosePolicyViolation CloseCode = 1008
 	// CloseMessageTooBig (1009): a message exceeded the read limit.
-	CloseMessageTooBig StatusCode = 1009
+	CloseMessageTooBig CloseCode = 1009
 	// CloseMandatoryExtension (1010): the client needed an extension the
 	// server did not negotiate.
-	CloseMandatoryExtension StatusCode = 1010
+	CloseMandatoryExtension CloseCode = 1010
 	// CloseInternalError (1011): the endpoint met an unexpected condition.
-	CloseInternalError StatusCode = 1011
+	CloseInternalError CloseCode = 1011
 	// CloseServiceRestart (1012): the server is restarting; reconnect.
-	CloseServiceRestart StatusCode = 1012
+	CloseServiceRestart CloseCode = 1012
 	// CloseTryAgainLater (1013): the server is overloaded; reconnect later.
-	CloseTryAgainLater StatusCode = 1013
+	CloseTryAgainLater CloseCode = 1013
 	// CloseBadGateway (1014): a gateway got an invalid upstream response.
-	CloseBadGateway StatusCode = 1014
+	CloseBadGateway CloseCode = 1014
 	// CloseTLSHandshake (1015) is never sent. It reports a failed TLS
 	// handshake.
-	CloseTLSHandshake StatusCode = 1015
+	CloseTLSHandshake CloseCode = 1015
 )
 
 // Application close codes of the realtime protocol. Their numbers and
@@ -58,19 +58,19 @@ const (
 const (
 	// CloseFellBehind (4001): the connection's send buffer overflowed; the
 	// client was too slow. A client reconnects and resubscribes with since.
-	CloseFellBehind StatusCode = 4001
+	CloseFellBehind CloseCode = 4001
 	// CloseUnauthorized (4002): the upgrade was rejected or the
 	// connection's authentication ended (for example its token expired).
-	CloseUnauthorized StatusCode = 4002
+	CloseUnauthorized CloseCode = 4002
 	// CloseUnknownShareData (4003): a subscribe named a share data id that
 	// does not exist.
-	CloseUnknownShareData StatusCode = 4003
+	CloseUnknownShareData CloseCode = 4003
 	// CloseInvalidMessage (4004): an incoming message could not be parsed.
 	// The close reason says which field and why.
-	CloseInvalidMessage StatusCode = 4004
+	CloseInvalidMessage CloseCode = 4004
 )
 
-var statusNames = map[StatusCode]string{
+var statusNames = map[CloseCode]string{
 	CloseNormalClosure:      "normal closure",
 	CloseGoingAway:          "going away",
 	CloseProtocolError:      "protocol error",
@@ -94,7 +94,7 @@ var statusNames = map[StatusCode]string{
 
 // String returns the code's number and, when it has one, its name, such as
 // "1000 (normal closure)".
-func (c StatusCode) String() string {
+func (c CloseCode) String() string {
 	if n, ok := statusNames[c]; ok {
 		return strconv.Itoa(int(c)) + " (" + n + ")"
 	}
@@ -104,7 +104,7 @@ func (c StatusCode) String() string {
 // validWireCode reports whether c may appear in a close frame on the wire:
 // 1000-1003, 1007-1014 and 3000-4999. 1004-1006 and 1015 are reserved,
 // 1016-2999 unassigned, and nothing from 5000 is valid.
-func validWireCode(c StatusCode) bool {
+func validWireCode(c CloseCode) bool {
 	switch {
 	case c >= 1000 && c <= 1003:
 		return true
@@ -131,9 +131,9 @@ const maxCloseReason = maxControlPayload - 2
 // CloseNoStatusReceived when the peer's close frame had no code, and
 // CloseAbnormalClosure when the connection ended with no close frame.
 type CloseError struct {
-	Code   StatusCode // the close code
-	Reason string     // the close reason
-	Remote bool       // the peer sent the close frame
+	Code   CloseCode // the close code
+	Reason string    // the close reason
+	Remote bool      // the peer sent the close frame
 }
 
 func (e *CloseError) Error() string {
@@ -147,9 +147,9 @@ func (e *CloseError) Error() string {
 	return fmt.Sprintf("websocket: %s: %s: %s", who, e.Code, e.Reason)
 }
 
-// CloseStatus returns the code of the CloseError in err's chain, or -1 when
+// CloseCodeOf returns the code of the CloseError in err's chain, or -1 when
 // there is none.
-func CloseStatus(err error) StatusCode {
+func CloseCodeOf(err error) CloseCode {
 	var ce *CloseError
 	if errors.As(err, &ce) {
 		return ce.Code
@@ -161,14 +161,14 @@ func CloseStatus(err error) StatusCode {
 // section 5.5.1) and returns its code and reason. An empty payload yields
 // CloseNoStatusReceived. A one-byte payload or an invalid code fails with
 // 1002; a reason that is not UTF-8 fails with 1007.
-func parseClosePayload(p []byte) (StatusCode, string, *CloseError) {
+func parseClosePayload(p []byte) (CloseCode, string, *CloseError) {
 	switch len(p) {
 	case 0:
 		return CloseNoStatusReceived, "", nil
 	case 1:
 		return 0, "", &CloseError{Code: CloseProtocolError, Reason: "close frame payload of 1 byte"}
 	}
-	code := StatusCode(binary.BigEndian.Uint16(p))
+	code := CloseCode(binary.BigEndian.Uint16(p))
 	if !validWireCode(code) {
 		return 0, "", &CloseError{Code: CloseProtocolError, Reason: "invalid close code " + strconv.Itoa(int(code))}
 	}
@@ -200,7 +200,7 @@ func truncateReason(s string) string {
 //
 // Only codes that may appear on the wire are accepted: 1000-1003,
 // 1007-1014 and 3000-4999.
-func (c *Conn) Close(code StatusCode, reason string) error {
+func (c *Conn) Close(code CloseCode, reason string) error {
 	if !validWireCode(code) {
 		return fmt.Errorf("websocket: close: code %d may not be sent", int(code))
 	}
@@ -297,7 +297,7 @@ func (c *Conn) fail(ce *CloseError) error {
 // sendClose writes a close frame unless one was written already. Code 0
 // sends an empty close frame. It waits for the frame semaphore at most the
 // close timeout, since a writer may be stuck on a peer that does not read.
-func (c *Conn) sendClose(code StatusCode, reason string) error {
+func (c *Conn) sendClose(code CloseCode, reason string) error {
 	if c.isClosed() {
 		return c.endErr()
 	}

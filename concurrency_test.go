@@ -111,7 +111,7 @@ func TestCloseDuringWrites(t *testing.T) {
 			t.Fatalf("writer got %v, want an error matching ErrClosed", err)
 		}
 	}
-	if err := c.Write(ctx, MessageText, nil); CloseStatus(err) != CloseNormalClosure {
+	if err := c.Write(ctx, MessageText, nil); CloseCodeOf(err) != CloseNormalClosure {
 		t.Fatalf("write after Close: %v", err)
 	}
 }

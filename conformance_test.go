@@ -456,14 +456,14 @@ func TestConformanceClose(t *testing.T) {
 	for _, code := range []int{1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4001, 4999} {
 		t.Run(fmt.Sprintf("valid code %d is echoed", code), func(t *testing.T) {
 			rc := connectRaw(t, srv)
-			rc.send(fClose, closePayload(StatusCode(code), ""))
-			rc.expectClose(StatusCode(code))
+			rc.send(fClose, closePayload(CloseCode(code), ""))
+			rc.expectClose(CloseCode(code))
 		})
 	}
 	for _, code := range []int{0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535} {
 		t.Run(fmt.Sprintf("invalid code %d", code), func(t *testing.T) {
 			rc := connectRaw(t, srv)
-			rc.send(fClose, closePayload(StatusCode(code), ""))
+			rc.send(fClose, closePayload(CloseCode(code), ""))
 			rc.expectClose(CloseProtocolError)
 		})
 	}
@@ -565,9 +565,9 @@ func TestConformanceLimits(t *testing.T) {
 
 // expectServerErr waits for the echo server to report an error with code,
 // skipping errors of other connections of the same server.
-func expectServerErr(t *testing.T, errs chan error, code StatusCode) error {
+func expectServerErr(t *testing.T, errs chan error, code CloseCode) error {
 	t.Helper()
-	return waitServerErr(t, errs, code.String(), func(err error) bool { return CloseStatus(err) == code })
+	return waitServerErr(t, errs, code.String(), func(err error) bool { return CloseCodeOf(err) == code })
 }
 
 // waitServerErr waits for an error that match accepts.

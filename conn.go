@@ -13,30 +13,30 @@ import (
 
 // Defaults of ConnOptions. Each applies when its field is zero.
 const (
-	// DefaultReadLimit is the largest message, in bytes, that a Conn
+	// defaultReadLimit is the largest message, in bytes, that a Conn
 	// accepts: 64 KiB. It is below the realtime server's default
 	// send-buffer cap of 1 MiB, so one maximal message can never by itself
 	// trip a slow-consumer close.
-	DefaultReadLimit = 64 << 10
-	// DefaultIdleTimeout is how long a Conn waits for the next frame to
+	defaultReadLimit = 64 << 10
+	// defaultIdleTimeout is how long a Conn waits for the next frame to
 	// arrive completely before it gives up on the peer.
-	DefaultIdleTimeout = 60 * time.Second
-	// DefaultWriteTimeout bounds the writing of one frame.
-	DefaultWriteTimeout = 10 * time.Second
-	// DefaultCloseTimeout bounds the close handshake: how long Close waits
+	defaultIdleTimeout = 60 * time.Second
+	// defaultWriteTimeout bounds the writing of one frame.
+	defaultWriteTimeout = 10 * time.Second
+	// defaultCloseTimeout bounds the close handshake: how long Close waits
 	// for the peer's close frame, and how long this side waits to send its
 	// own close frame when another write holds the connection.
-	DefaultCloseTimeout = 5 * time.Second
-	// DefaultMaxFragments is the most frames one message may arrive in:
+	defaultCloseTimeout = 5 * time.Second
+	// defaultMaxFragments is the most frames one message may arrive in:
 	// 1,024. Browsers send a message in one frame and Go libraries in
 	// frames of 4 KiB (gorilla/websocket) to 64 KiB (this package), so a
 	// 64 KiB message takes at most 16; the bound stops a peer from making
 	// one message cost unbounded work with empty continuation frames.
-	DefaultMaxFragments = 1024
-	// DefaultHandshakeTimeout bounds the opening handshake: writing the 101
+	defaultMaxFragments = 1024
+	// defaultHandshakeTimeout bounds the opening handshake: writing the 101
 	// response on the server, and dialing, TLS and the HTTP exchange on
 	// the client.
-	DefaultHandshakeTimeout = 10 * time.Second
+	defaultHandshakeTimeout = 10 * time.Second
 
 	// defaultReadBufferSize is the size of a connection's own read
 	// buffer. Payloads larger than it are read directly into the message
@@ -85,19 +85,19 @@ type ConnOptions struct {
 
 func (o ConnOptions) withDefaults() ConnOptions {
 	if o.ReadLimit == 0 {
-		o.ReadLimit = DefaultReadLimit
+		o.ReadLimit = defaultReadLimit
 	}
 	if o.MaxFragments == 0 {
-		o.MaxFragments = DefaultMaxFragments
+		o.MaxFragments = defaultMaxFragments
 	}
 	if o.IdleTimeout == 0 {
-		o.IdleTimeout = DefaultIdleTimeout
+		o.IdleTimeout = defaultIdleTimeout
 	}
 	if o.WriteTimeout == 0 {
-		o.WriteTimeout = DefaultWriteTimeout
+		o.WriteTimeout = defaultWriteTimeout
 	}
 	if o.CloseTimeout <= 0 {
-		o.CloseTimeout = DefaultCloseTimeout
+		o.CloseTimeout = defaultCloseTimeout
 	}
 	return o
 }

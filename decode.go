@@ -229,7 +229,7 @@ func (e *envelope) header() ([]byte, error) {
 		return nil, decodeErr(fV, "must be the number 1, got "+kindNames[v.kind])
 	}
 	if text := e.data[v.start:v.end]; string(text) != "1" {
-		if f, err := strconv.ParseFloat(string(text), 64); err != nil || f != ProtocolVersion {
+		if f, err := strconv.ParseFloat(string(text), 64); err != nil || f != protocolVersion {
 			return nil, decodeErr(fV, "protocol version "+quoteForError(string(text))+" is not supported, want 1")
 		}
 	}
@@ -334,7 +334,7 @@ func DecodeClientMessage(data []byte) (ClientMessage, error) {
 		return nil, err
 	}
 	switch string(typ) {
-	case TypeSubscribe:
+	case typeSubscribe:
 		m := &SubscribeMessage{}
 		if m.ShareDataID, err = e.str(fShareDataID, ruleID); err != nil {
 			return nil, err
@@ -343,13 +343,13 @@ func DecodeClientMessage(data []byte) (ClientMessage, error) {
 			return nil, err
 		}
 		return m, nil
-	case TypeUnsubscribe:
+	case typeUnsubscribe:
 		m := &UnsubscribeMessage{}
 		if m.ShareDataID, err = e.str(fShareDataID, ruleID); err != nil {
 			return nil, err
 		}
 		return m, nil
-	case TypePropose:
+	case typePropose:
 		m := &ProposeMessage{}
 		if m.ShareDataID, err = e.str(fShareDataID, ruleID); err != nil {
 			return nil, err
@@ -364,13 +364,13 @@ func DecodeClientMessage(data []byte) (ClientMessage, error) {
 			return nil, err
 		}
 		return m, nil
-	case TypePing:
+	case typePing:
 		m := &PingMessage{}
 		if m.CorrelationID, err = e.str(fCorrelationID, ruleID); err != nil {
 			return nil, err
 		}
 		return m, nil
-	case TypeState, TypeTransaction, TypeLifecycle, TypeProposalResult, TypePong, TypeError:
+	case typeState, typeTransaction, typeLifecycle, typeProposalResult, typePong, typeError:
 		return nil, decodeErr(fType, quoteForError(string(typ))+" is a server message")
 	}
 	return nil, decodeErr(fType, "unknown message type "+quoteForError(string(typ)))
@@ -390,7 +390,7 @@ func DecodeServerMessage(data []byte) (ServerMessage, error) {
 		return nil, err
 	}
 	switch string(typ) {
-	case TypeState:
+	case typeState:
 		m := &StateMessage{}
 		if m.ShareDataID, err = e.str(fShareDataID, ruleID); err != nil {
 			return nil, err
@@ -402,9 +402,9 @@ func DecodeServerMessage(data []byte) (ServerMessage, error) {
 			return nil, err
 		}
 		return m, nil
-	case TypeTransaction:
+	case typeTransaction:
 		return e.transaction()
-	case TypeLifecycle:
+	case typeLifecycle:
 		m := &LifecycleMessage{}
 		if m.ShareDataID, err = e.str(fShareDataID, ruleID); err != nil {
 			return nil, err
@@ -424,7 +424,7 @@ func DecodeServerMessage(data []byte) (ServerMessage, error) {
 			return nil, decodeErr(fEvent, "unknown event "+quoteForError(ev)+", want updated or removed")
 		}
 		return m, nil
-	case TypeProposalResult:
+	case typeProposalResult:
 		m := &ProposalResultMessage{}
 		if m.CorrelationID, err = e.str(fCorrelationID, ruleID); err != nil {
 			return nil, err
@@ -441,17 +441,19 @@ func DecodeServerMessage(data []byte) (ServerMessage, error) {
 			return nil, err
 		}
 		return m, nil
-	case TypePong:
+	case typePong:
 		m := &PongMessage{}
 		if m.CorrelationID, err = e.str(fCorrelationID, ruleID); err != nil {
 			return nil, err
 		}
 		return m, nil
-	case TypeError:
+	case typeError:
 		m := &ErrorMessage{}
-		if m.Code, err = e.str(fCode, ruleID); err != nil {
+		code, err := e.str(fCode, ruleID)
+		if err != nil {
 			return nil, err
 		}
+		m.Code = ErrorCode(code)
 		if m.Message, err = e.str(fMessage, ruleText); err != nil {
 			return nil, err
 		}
@@ -462,7 +464,7 @@ func DecodeServerMessage(data []byte) (ServerMessage, error) {
 			return nil, err
 		}
 		return m, nil
-	case TypeSubscribe, TypeUnsubscribe, TypePropose, TypePing:
+	case typeSubscribe, typeUnsubscribe, typePropose, typePing:
 		return nil, decodeErr(fType, quoteForError(string(typ))+" is a client message")
 	}
 	return nil, decodeErr(fType, "unknown message type "+quoteForError(string(typ)))
@@ -538,8 +540,8 @@ func (s *scanner) value(depth int) (kind byte, escaped bool, reason string) {
 		escaped, reason = s.str()
 		return kString, escaped, reason
 	case c == '{' || c == '[':
-		if depth > MaxNesting {
-			return 0, false, "nested deeper than " + strconv.Itoa(MaxNesting) + " levels"
+		if depth > maxNesting {
+			return 0, false, "nested deeper than " + strconv.Itoa(maxNesting) + " levels"
 		}
 		return s.container(depth)
 	case c == 't':

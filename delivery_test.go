@@ -279,7 +279,7 @@ func TestUnknownLongIDEndsSubscription(t *testing.T) {
 			t.Fatalf("the subscription to an unknown %d-byte id never ended; %d dials so far", n, dials.Load())
 		}
 		var se *SubscriptionError
-		if err := bad.Err(); !errors.As(err, &se) || se.ShareDataID != id || se.Code != ErrCodeUnknownShareData {
+		if err := bad.Err(); !errors.As(err, &se) || se.ShareDataID != id || se.Code != CodeUnknownShareData {
 			t.Fatalf("%d-byte id: ended with %v", n, err)
 		}
 		col.waitFor(t, "the state after the reconnect", func(m []ServerMessage) bool { return len(m) == 2+i })
@@ -395,7 +395,7 @@ func TestTransientReplayFailureRecovers(t *testing.T) {
 	deliveredOnce(t, msgs, missed)
 	errs := 0
 	for _, m := range msgs {
-		if e, ok := m.(*ErrorMessage); ok && e.Code == ErrCodeInternal {
+		if e, ok := m.(*ErrorMessage); ok && e.Code == CodeInternal {
 			errs++
 		}
 	}

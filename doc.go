@@ -94,5 +94,5 @@
 // fragments of long messages, and performs the close handshake; errors
 // after the end are a *CloseError that says who closed and with what code.
 // Close codes, including the application codes 4001-4004, are the
-// StatusCode constants.
+// CloseCode constants; CloseCodeOf reads one from an error.
 package realtime

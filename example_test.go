@@ -288,12 +288,12 @@ func ExampleReplayStore() {
 	sub := &realtime.SubscribeMessage{ShareDataID: "counter", Since: first, HasSince: true}
 	c.Write(context.Background(), realtime.MessageText, sub.AppendJSON(nil))
 	for i := 0; i < 3; i++ {
-		fmt.Println(readMessage(c).MessageType())
+		fmt.Printf("%T\n", readMessage(c))
 	}
 	fmt.Println("appends:", store.appends.Load(), "replays:", store.replays.Load())
 	// Output:
-	// state
-	// transaction
-	// transaction
+	// *realtime.StateMessage
+	// *realtime.TransactionMessage
+	// *realtime.TransactionMessage
 	// appends: 3 replays: 1
 }

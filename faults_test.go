@@ -430,7 +430,7 @@ func (c *streamCheck) add(m ServerMessage) {
 		}
 		c.head, c.hasHead = m.TransactionID, true
 	case *ErrorMessage:
-		if m.Code != ErrCodeReplayCursorNotFound {
+		if m.Code != CodeReplayCursorNotFound {
 			c.violateLocked("error frame %s: %s", m.Code, m.Message)
 			return
 		}

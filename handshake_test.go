@@ -327,7 +327,7 @@ func TestClientAgainstMisbehavingServer(t *testing.T) {
 	fails := []struct {
 		name  string
 		frame []byte
-		code  StatusCode
+		code  CloseCode
 	}{
 		{"masked server frame", frame(fText, true, []byte("masked")), CloseProtocolError},
 		{"reserved bits", frame(fText|rsv1Bit, false, []byte("x")), CloseProtocolError},
@@ -337,7 +337,7 @@ func TestClientAgainstMisbehavingServer(t *testing.T) {
 		{"continuation first", frame(fCont, false, []byte("x")), CloseProtocolError},
 		{"invalid UTF-8", frame(fText, false, []byte{0xed, 0xa0, 0x80}), CloseInvalidPayload},
 		{"invalid close code", frame(fClose, false, closePayload(1005, "")), CloseProtocolError},
-		{"message over the read limit", frame(fBinary, false, payloadOf(DefaultReadLimit+1)), CloseMessageTooBig},
+		{"message over the read limit", frame(fBinary, false, payloadOf(defaultReadLimit+1)), CloseMessageTooBig},
 	}
 	for _, tc := range fails {
 		t.Run(tc.name, func(t *testing.T) {
@@ -357,7 +357,7 @@ func TestClientAgainstMisbehavingServer(t *testing.T) {
 				t.Fatalf("Read: %v, want this side's close with %s", err, tc.code)
 			}
 			f := <-sawClose
-			if f.op() != opClose || StatusCode(int(f.payload[0])<<8|int(f.payload[1])) != tc.code {
+			if f.op() != opClose || CloseCode(int(f.payload[0])<<8|int(f.payload[1])) != tc.code {
 				t.Fatalf("server got %s %q", f.op(), f.payload)
 			}
 			select {
@@ -425,10 +425,10 @@ func TestClientAgainstMisbehavingServer(t *testing.T) {
 		if !errors.As(err, &ce) || ce.Code != CloseServiceRestart || ce.Reason != "restarting" || !ce.Remote {
 			t.Fatalf("Read: %v", err)
 		}
-		if f := <-echoed; f.op() != opClose || StatusCode(int(f.payload[0])<<8|int(f.payload[1])) != CloseServiceRestart {
+		if f := <-echoed; f.op() != opClose || CloseCode(int(f.payload[0])<<8|int(f.payload[1])) != CloseServiceRestart {
 			t.Fatalf("echo %s %q", f.op(), f.payload)
 		}
-		if err := c.Write(context.Background(), MessageText, []byte("late")); !errors.Is(err, ErrClosed) || CloseStatus(err) != CloseServiceRestart {
+		if err := c.Write(context.Background(), MessageText, []byte("late")); !errors.Is(err, ErrClosed) || CloseCodeOf(err) != CloseServiceRestart {
 			t.Fatalf("Write after close: %v", err)
 		}
 	})
@@ -471,7 +471,7 @@ func TestPing(t *testing.T) {
 		}
 	}
 	c.Close(CloseNormalClosure, "")
-	if err := <-readErr; CloseStatus(err) != CloseNormalClosure {
+	if err := <-readErr; CloseCodeOf(err) != CloseNormalClosure {
 		t.Fatalf("Read: %v", err)
 	}
 }

@@ -264,15 +264,15 @@ func (rc *rawClient) expectFrame(b0 byte, payload []byte) {
 
 // expectClose reads frames until a close frame, checks its code and then
 // that the TCP connection was closed by the server.
-func (rc *rawClient) expectClose(code StatusCode) string {
+func (rc *rawClient) expectClose(code CloseCode) string {
 	rc.t.Helper()
 	f := rc.mustRead()
 	if f.op() != opClose {
 		rc.t.Fatalf("got %s frame %q, want a close frame with %s", f.op(), clip(f.payload), code)
 	}
-	var got StatusCode = CloseNoStatusReceived
+	var got CloseCode = CloseNoStatusReceived
 	if len(f.payload) >= 2 {
-		got = StatusCode(binary.BigEndian.Uint16(f.payload))
+		got = CloseCode(binary.BigEndian.Uint16(f.payload))
 	}
 	if got != code {
 		rc.t.Fatalf("close code %s (reason %q), want %s", got, f.payload[min(2, len(f.payload)):], code)
@@ -307,7 +307,7 @@ func clip(b []byte) []byte {
 	return b
 }
 
-func closePayload(code StatusCode, reason string) []byte {
+func closePayload(code CloseCode, reason string) []byte {
 	b := binary.BigEndian.AppendUint16(nil, uint16(code))
 	return append(b, reason...)
 }

@@ -124,7 +124,7 @@ func TestHostileOverflowStreamMemory(t *testing.T) {
 	if !ok {
 		t.Fatal("no close frame from the server")
 	}
-	if code := StatusCode(binary.BigEndian.Uint16(f.payload)); code != CloseMessageTooBig {
+	if code := CloseCode(binary.BigEndian.Uint16(f.payload)); code != CloseMessageTooBig {
 		t.Fatalf("closed with %s", code)
 	}
 	expectServerErr(t, errs, CloseMessageTooBig)
@@ -136,7 +136,7 @@ func TestHostileFragments(t *testing.T) {
 		rc := connectRaw(t, srv)
 		var b []byte
 		b = append(b, frame(byte(opText), true, []byte("a"))...)
-		for i := 0; i < DefaultMaxFragments-2; i++ {
+		for i := 0; i < defaultMaxFragments-2; i++ {
 			b = append(b, frame(byte(opContinuation), true, nil)...)
 			if i == 100 {
 				b = append(b, frame(fPing, true, nil)...) // control frames do not count
@@ -151,7 +151,7 @@ func TestHostileFragments(t *testing.T) {
 		rc := connectRaw(t, srv)
 		var b []byte
 		b = append(b, frame(byte(opText), true, nil)...)
-		for i := 0; i < DefaultMaxFragments; i++ {
+		for i := 0; i < defaultMaxFragments; i++ {
 			b = append(b, frame(byte(opContinuation), true, nil)...)
 		}
 		rc.sendRaw(b)
@@ -177,7 +177,7 @@ func TestHostileFragments(t *testing.T) {
 		}()
 		rc.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
 		f := rc.mustRead()
-		if f.op() != opClose || StatusCode(binary.BigEndian.Uint16(f.payload)) != CloseMessageTooBig {
+		if f.op() != opClose || CloseCode(binary.BigEndian.Uint16(f.payload)) != CloseMessageTooBig {
 			t.Fatalf("got %s %q", f.op(), f.payload)
 		}
 	})
@@ -199,7 +199,7 @@ func TestHostileFragments(t *testing.T) {
 		rc = connectRaw(t, unbounded)
 		var b []byte
 		b = append(b, frame(byte(opText), true, []byte("a"))...)
-		for i := 0; i < 3*DefaultMaxFragments; i++ {
+		for i := 0; i < 3*defaultMaxFragments; i++ {
 			b = append(b, frame(byte(opContinuation), true, nil)...)
 		}
 		b = append(b, frame(fCont, true, []byte("z"))...)
@@ -484,8 +484,8 @@ func TestHostileJWTOversizedToken(t *testing.T) {
 		}
 	}
 	// At the bound the token is looked at (and refused for what it is).
-	atBound := "eyJhbGciOiJub25lIn0." + strings.Repeat("A", DefaultMaxTokenSize-21) + "."
-	if len(atBound) != DefaultMaxTokenSize {
+	atBound := "eyJhbGciOiJub25lIn0." + strings.Repeat("A", defaultMaxTokenSize-21) + "."
+	if len(atBound) != defaultMaxTokenSize {
 		t.Fatalf("test token has %d bytes", len(atBound))
 	}
 	if _, _, body := refusal(t, rs.url, http.Header{"Authorization": {"Bearer " + atBound}}); !strings.Contains(body, "invalid token: could not be verified") {

@@ -16,7 +16,7 @@ import (
 
 // ChannelRegistry carries share data events from where they happen (the
 // manager of the instance that applied them) to every server instance with
-// subscribers. MemoryRegistry is the in-process default; a registry over a
+// subscribers. MemoryChannelRegistry is the in-process default; a registry over a
 // message broker (Redis pub/sub, for one) lets several instances behind a
 // load balancer serve the same share data.
 type ChannelRegistry interface {
@@ -28,21 +28,21 @@ type ChannelRegistry interface {
 	Attach(receive func(Event)) (detach func())
 }
 
-// MemoryRegistry delivers published events synchronously to the receivers
+// MemoryChannelRegistry delivers published events synchronously to the receivers
 // attached in this process. It is safe for concurrent use.
-type MemoryRegistry struct {
+type MemoryChannelRegistry struct {
 	mu        sync.RWMutex
 	receivers map[*func(Event)]struct{}
 }
 
-// NewMemoryRegistry returns a registry with no receivers.
-func NewMemoryRegistry() *MemoryRegistry {
-	return &MemoryRegistry{receivers: make(map[*func(Event)]struct{})}
+// NewMemoryChannelRegistry returns a registry with no receivers.
+func NewMemoryChannelRegistry() *MemoryChannelRegistry {
+	return &MemoryChannelRegistry{receivers: make(map[*func(Event)]struct{})}
 }
 
 // Publish implements ChannelRegistry: it calls every receiver before it
 // returns.
-func (r *MemoryRegistry) Publish(ctx context.Context, ev Event) error {
+func (r *MemoryChannelRegistry) Publish(ctx context.Context, ev Event) error {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	for fn := range r.receivers {
@@ -52,7 +52,7 @@ func (r *MemoryRegistry) Publish(ctx context.Context, ev Event) error {
 }
 
 // Attach implements ChannelRegistry.
-func (r *MemoryRegistry) Attach(receive func(Event)) (detach func()) {
+func (r *MemoryChannelRegistry) Attach(receive func(Event)) (detach func()) {
 	key := &receive
 	r.mu.Lock()
 	r.receivers[key] = struct{}{}
@@ -89,8 +89,8 @@ type hub struct {
 type topic struct {
 	id   string
 	mu   sync.Mutex
-	subs []*subscription // each knows its index, for O(1) removal
-	dead bool            // removed from the hub's map
+	subs []*subscriber // each knows its index, for O(1) removal
+	dead bool          // removed from the hub's map
 }
 
 // subState is where a subscription is in its join.
@@ -109,8 +109,8 @@ const (
 	subEnded
 )
 
-// subscription is one connection's subscription to one share data item.
-type subscription struct {
+// subscriber is one connection's subscriber to one share data item.
+type subscriber struct {
 	sess  *session
 	id    string
 	topic *topic
@@ -131,13 +131,13 @@ type heldFrame struct {
 }
 
 // add registers sub; the caller holds t.mu.
-func (t *topic) add(sub *subscription) {
+func (t *topic) add(sub *subscriber) {
 	sub.index = len(t.subs)
 	t.subs = append(t.subs, sub)
 }
 
 // remove unregisters sub; the caller holds t.mu.
-func (t *topic) remove(sub *subscription) {
+func (t *topic) remove(sub *subscriber) {
 	if sub.index < 0 || sub.index >= len(t.subs) || t.subs[sub.index] != sub {
 		return
 	}
@@ -214,7 +214,7 @@ func (t *topic) fanOut(version uint64, frame []byte, removed bool, maxHeld int) 
 
 // hold keeps an event's frame for a subscription that is not live yet. The
 // caller holds topic.mu.
-func (sub *subscription) hold(version uint64, frame []byte, removed bool, maxHeld int) {
+func (sub *subscriber) hold(version uint64, frame []byte, removed bool, maxHeld int) {
 	if len(frame) > maxHeld-sub.heldBytes { // heldBytes <= maxHeld: cannot overflow
 		sub.fellBehind("send buffer overflow during the replay: the client fell behind")
 		return
@@ -225,7 +225,7 @@ func (sub *subscription) hold(version uint64, frame []byte, removed bool, maxHel
 
 // deliver queues frame if version is the next one the subscription
 // expects, and reports whether it did. The caller holds topic.mu.
-func (sub *subscription) deliver(version uint64, frame []byte) bool {
+func (sub *subscriber) deliver(version uint64, frame []byte) bool {
 	switch {
 	case version <= sub.version:
 		return false // already reflected in its snapshot
@@ -240,7 +240,7 @@ func (sub *subscription) deliver(version uint64, frame []byte) bool {
 
 // stop ends queueing for sub and drops what it holds; its feeder, if any,
 // sees the state and returns. The caller holds topic.mu.
-func (sub *subscription) stop() {
+func (sub *subscriber) stop() {
 	sub.state = subEnded
 	clear(sub.held)
 	sub.held, sub.heldBytes = nil, 0
@@ -248,14 +248,14 @@ func (sub *subscription) stop() {
 
 // fellBehind stops sub and closes its connection with 4001, so its client
 // resubscribes from its cursor. The caller holds topic.mu.
-func (sub *subscription) fellBehind(reason string) {
+func (sub *subscriber) fellBehind(reason string) {
 	sub.stop()
 	sub.sess.close(CloseFellBehind, reason, false)
 }
 
 // end unregisters a subscription whose share data was removed. The caller
 // holds topic.mu.
-func (sub *subscription) end() {
+func (sub *subscriber) end() {
 	sub.state = subEnded
 	sub.topic.remove(sub)
 	sub.sess.forget(sub)
@@ -309,7 +309,7 @@ var errJoinUnknown = errors.New("unknown share data")
 // with an internal-error frame naming id, and the subscription is not
 // kept: the client subscribes again later.
 func (h *hub) join(ctx context.Context, sess *session, id, since string, hasSince bool) error {
-	sub := &subscription{sess: sess, id: id, index: -1}
+	sub := &subscriber{sess: sess, id: id, index: -1}
 	h.attach(sub)
 	snap, err := h.manager.Snapshot(ctx, id)
 	if err != nil {
@@ -318,7 +318,7 @@ func (h *hub) join(ctx context.Context, sess *session, id, since string, hasSinc
 			return errJoinUnknown
 		}
 		h.log.Error("realtime: snapshot failed", "share_data_id", id, "err", err)
-		sess.send(&ErrorMessage{Code: ErrCodeInternal, Message: "could not read the share data; subscribe again", ShareDataID: id})
+		sess.send(&ErrorMessage{Code: CodeInternal, Message: "could not read the share data; subscribe again", ShareDataID: id})
 		return nil
 	}
 	var replay []ReplayRecord
@@ -328,7 +328,7 @@ func (h *hub) join(ctx context.Context, sess *session, id, since string, hasSinc
 		if replayErr != nil && !errors.Is(replayErr, ErrReplayCursorNotFound) {
 			h.detach(sub)
 			h.log.Error("realtime: replay failed", "share_data_id", id, "err", replayErr)
-			sess.send(&ErrorMessage{Code: ErrCodeInternal, Message: "could not read the replay window; subscribe again", ShareDataID: id})
+			sess.send(&ErrorMessage{Code: CodeInternal, Message: "could not read the replay window; subscribe again", ShareDataID: id})
 			return nil
 		}
 	}
@@ -344,7 +344,7 @@ func (h *hub) join(ctx context.Context, sess *session, id, since string, hasSinc
 	defer t.mu.Unlock()
 	sess.send(&StateMessage{ShareDataID: id, CurrentState: snap.State, LastTransactionID: snap.LastTransactionID})
 	if replayErr != nil {
-		sess.send(&ErrorMessage{Code: ErrCodeReplayCursorNotFound,
+		sess.send(&ErrorMessage{Code: CodeReplayCursorNotFound,
 			Message: "cursor " + quoteForError(since) + " is outside the replay window; transactions before the state were not replayed", ShareDataID: id})
 	}
 	sub.version = snap.Version
@@ -363,7 +363,7 @@ func (h *hub) join(ctx context.Context, sess *session, id, since string, hasSinc
 // held frames, then makes it live. It stops when the subscription ends or
 // the connection closes; the client then resubscribes from the last
 // transaction it received.
-func (h *hub) feed(sub *subscription, replay []ReplayRecord) {
+func (h *hub) feed(sub *subscriber, replay []ReplayRecord) {
 	defer h.wg.Done()
 	sess, t := sub.sess, sub.topic
 	for i := range replay {
@@ -399,7 +399,7 @@ func (h *hub) feed(sub *subscription, replay []ReplayRecord) {
 // queues only what the connection has room for, and returns the size of
 // the next held frame when some are left, for the feeder to wait for room;
 // otherwise it returns -1. The caller holds topic.mu.
-func (sub *subscription) goLive() int {
+func (sub *subscriber) goLive() int {
 	flow := sub.state == subReplaying
 	for len(sub.held) > 0 {
 		p := sub.held[0]
@@ -423,7 +423,7 @@ func (sub *subscription) goLive() int {
 }
 
 // attach registers sub with its share data's topic, creating the topic.
-func (h *hub) attach(sub *subscription) {
+func (h *hub) attach(sub *subscriber) {
 	h.mu.Lock()
 	t := h.topics[sub.id]
 	if t == nil {
@@ -439,7 +439,7 @@ func (h *hub) attach(sub *subscription) {
 
 // detach unregisters sub (unsubscribe, resubscribe, or the connection
 // ended), stops its feeder, and drops its topic when it was the last.
-func (h *hub) detach(sub *subscription) {
+func (h *hub) detach(sub *subscriber) {
 	t := sub.topic
 	h.mu.Lock()
 	t.mu.Lock()

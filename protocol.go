@@ -20,32 +20,32 @@ import (
 // A Server selects it when the client offers it (clients need not).
 const Subprotocol = "realtime.v1"
 
-// ProtocolVersion is the value of the "v" field of every message.
-const ProtocolVersion = 1
+// protocolVersion is the value of the "v" field of every message.
+const protocolVersion = 1
 
 // MaxIDLength is the longest id, in bytes, that a message may carry: share
 // data ids, function ids, transaction ids, cursors, correlation ids and
 // error codes. Longer ids are refused by the decoder.
 const MaxIDLength = 256
 
-// MaxNesting is how deeply JSON may nest in a message, counting the
+// maxNesting is how deeply JSON may nest in a message, counting the
 // envelope object as the first level, so proposedData and currentState may
 // nest 63 levels. Deeper messages are refused by the decoder, which keeps
 // its work and stack bounded.
-const MaxNesting = 64
+const maxNesting = 64
 
 // Message type names, the values of the "type" field.
 const (
-	TypeSubscribe      = "subscribe"
-	TypeUnsubscribe    = "unsubscribe"
-	TypePropose        = "propose"
-	TypePing           = "ping"
-	TypeState          = "state"
-	TypeTransaction    = "transaction"
-	TypeLifecycle      = "lifecycle"
-	TypeProposalResult = "proposal-result"
-	TypePong           = "pong"
-	TypeError          = "error"
+	typeSubscribe      = "subscribe"
+	typeUnsubscribe    = "unsubscribe"
+	typePropose        = "propose"
+	typePing           = "ping"
+	typeState          = "state"
+	typeTransaction    = "transaction"
+	typeLifecycle      = "lifecycle"
+	typeProposalResult = "proposal-result"
+	typePong           = "pong"
+	typeError          = "error"
 )
 
 // LifecycleEvent is the event of a lifecycle message.
@@ -64,8 +64,8 @@ const (
 // *SubscribeMessage, *UnsubscribeMessage, *ProposeMessage and
 // *PingMessage.
 type ClientMessage interface {
-	// MessageType returns the value of the "type" field.
-	MessageType() string
+	// typeName returns the value of the "type" field.
+	typeName() string
 	// AppendJSON appends the message's compact JSON encoding to dst.
 	AppendJSON(dst []byte) []byte
 	clientMessage()
@@ -75,8 +75,8 @@ type ClientMessage interface {
 // *StateMessage, *TransactionMessage, *LifecycleMessage,
 // *ProposalResultMessage, *PongMessage and *ErrorMessage.
 type ServerMessage interface {
-	// MessageType returns the value of the "type" field.
-	MessageType() string
+	// typeName returns the value of the "type" field.
+	typeName() string
 	// AppendJSON appends the message's compact JSON encoding to dst.
 	AppendJSON(dst []byte) []byte
 	serverMessage()
@@ -195,29 +195,29 @@ type PongMessage struct {
 // ShareDataID and CorrelationID are carried when the error concerns one
 // share data item or one request.
 type ErrorMessage struct {
-	Code          string // a short machine-readable code
-	Message       string // a human-readable explanation
-	ShareDataID   string // the share data item
-	CorrelationID string // matches the answer to the request
+	Code          ErrorCode // what went wrong, for programs (one of the Code constants)
+	Message       string    // a human-readable explanation
+	ShareDataID   string    // the share data item
+	CorrelationID string    // matches the answer to the request
 }
 
 // Error makes an error frame an error, so that the Go client can return it
 // as it came (Propose or Ping answered by an error frame) and a caller can
 // match it with errors.As and decide on its Code.
 func (m *ErrorMessage) Error() string {
-	return "realtime: the server answered " + m.Code + ": " + m.Message
+	return "realtime: the server answered " + string(m.Code) + ": " + m.Message
 }
 
-func (*SubscribeMessage) MessageType() string      { return TypeSubscribe }
-func (*UnsubscribeMessage) MessageType() string    { return TypeUnsubscribe }
-func (*ProposeMessage) MessageType() string        { return TypePropose }
-func (*PingMessage) MessageType() string           { return TypePing }
-func (*StateMessage) MessageType() string          { return TypeState }
-func (*TransactionMessage) MessageType() string    { return TypeTransaction }
-func (*LifecycleMessage) MessageType() string      { return TypeLifecycle }
-func (*ProposalResultMessage) MessageType() string { return TypeProposalResult }
-func (*PongMessage) MessageType() string           { return TypePong }
-func (*ErrorMessage) MessageType() string          { return TypeError }
+func (*SubscribeMessage) typeName() string      { return typeSubscribe }
+func (*UnsubscribeMessage) typeName() string    { return typeUnsubscribe }
+func (*ProposeMessage) typeName() string        { return typePropose }
+func (*PingMessage) typeName() string           { return typePing }
+func (*StateMessage) typeName() string          { return typeState }
+func (*TransactionMessage) typeName() string    { return typeTransaction }
+func (*LifecycleMessage) typeName() string      { return typeLifecycle }
+func (*ProposalResultMessage) typeName() string { return typeProposalResult }
+func (*PongMessage) typeName() string           { return typePong }
+func (*ErrorMessage) typeName() string          { return typeError }
 
 func (*SubscribeMessage) clientMessage()      {}
 func (*UnsubscribeMessage) clientMessage()    {}
@@ -232,7 +232,7 @@ func (*ErrorMessage) serverMessage()          {}
 
 // AppendJSON appends {"v":1,"type":"subscribe","shareDataId",["since"]}.
 func (m *SubscribeMessage) AppendJSON(dst []byte) []byte {
-	dst = appendEnvelope(dst, TypeSubscribe)
+	dst = appendEnvelope(dst, typeSubscribe)
 	dst = appendStringField(dst, "shareDataId", m.ShareDataID)
 	if m.HasSince {
 		dst = appendStringField(dst, "since", m.Since)
@@ -242,7 +242,7 @@ func (m *SubscribeMessage) AppendJSON(dst []byte) []byte {
 
 // AppendJSON appends {"v":1,"type":"unsubscribe","shareDataId"}.
 func (m *UnsubscribeMessage) AppendJSON(dst []byte) []byte {
-	dst = appendEnvelope(dst, TypeUnsubscribe)
+	dst = appendEnvelope(dst, typeUnsubscribe)
 	dst = appendStringField(dst, "shareDataId", m.ShareDataID)
 	return append(dst, '}')
 }
@@ -250,7 +250,7 @@ func (m *UnsubscribeMessage) AppendJSON(dst []byte) []byte {
 // AppendJSON appends {"v":1,"type":"propose","shareDataId","functionId",
 // "proposedData","correlationId"}.
 func (m *ProposeMessage) AppendJSON(dst []byte) []byte {
-	dst = appendEnvelope(dst, TypePropose)
+	dst = appendEnvelope(dst, typePropose)
 	dst = appendStringField(dst, "shareDataId", m.ShareDataID)
 	dst = appendStringField(dst, "functionId", m.FunctionID)
 	dst = appendRawField(dst, "proposedData", m.ProposedData)
@@ -260,7 +260,7 @@ func (m *ProposeMessage) AppendJSON(dst []byte) []byte {
 
 // AppendJSON appends {"v":1,"type":"ping","correlationId"}.
 func (m *PingMessage) AppendJSON(dst []byte) []byte {
-	dst = appendEnvelope(dst, TypePing)
+	dst = appendEnvelope(dst, typePing)
 	dst = appendStringField(dst, "correlationId", m.CorrelationID)
 	return append(dst, '}')
 }
@@ -268,7 +268,7 @@ func (m *PingMessage) AppendJSON(dst []byte) []byte {
 // AppendJSON appends {"v":1,"type":"state","shareDataId","currentState",
 // "lastTransactionId"}.
 func (m *StateMessage) AppendJSON(dst []byte) []byte {
-	dst = appendEnvelope(dst, TypeState)
+	dst = appendEnvelope(dst, typeState)
 	dst = appendStringField(dst, "shareDataId", m.ShareDataID)
 	dst = appendRawField(dst, "currentState", m.CurrentState)
 	dst = appendStringField(dst, "lastTransactionId", m.LastTransactionID)
@@ -279,7 +279,7 @@ func (m *StateMessage) AppendJSON(dst []byte) []byte {
 // "transactionId","previousTransactionId","functionId","proposedData",
 // then "currentState" (live) or "replayed":true (replayed)}.
 func (m *TransactionMessage) AppendJSON(dst []byte) []byte {
-	dst = appendEnvelope(dst, TypeTransaction)
+	dst = appendEnvelope(dst, typeTransaction)
 	dst = appendStringField(dst, "shareDataId", m.ShareDataID)
 	dst = appendStringField(dst, "transactionId", m.TransactionID)
 	dst = appendStringField(dst, "previousTransactionId", m.PreviousTransactionID)
@@ -296,7 +296,7 @@ func (m *TransactionMessage) AppendJSON(dst []byte) []byte {
 // AppendJSON appends {"v":1,"type":"lifecycle","shareDataId","event",
 // ["currentState" with updated]}.
 func (m *LifecycleMessage) AppendJSON(dst []byte) []byte {
-	dst = appendEnvelope(dst, TypeLifecycle)
+	dst = appendEnvelope(dst, typeLifecycle)
 	dst = appendStringField(dst, "shareDataId", m.ShareDataID)
 	dst = appendStringField(dst, "event", string(m.Event))
 	if m.Event == LifecycleUpdated {
@@ -308,7 +308,7 @@ func (m *LifecycleMessage) AppendJSON(dst []byte) []byte {
 // AppendJSON appends {"v":1,"type":"proposal-result","correlationId",
 // "accepted", then "transactionId" (accepted) or "error" (not)}.
 func (m *ProposalResultMessage) AppendJSON(dst []byte) []byte {
-	dst = appendEnvelope(dst, TypeProposalResult)
+	dst = appendEnvelope(dst, typeProposalResult)
 	dst = appendStringField(dst, "correlationId", m.CorrelationID)
 	if m.Accepted {
 		dst = append(dst, `,"accepted":true`...)
@@ -322,7 +322,7 @@ func (m *ProposalResultMessage) AppendJSON(dst []byte) []byte {
 
 // AppendJSON appends {"v":1,"type":"pong","correlationId"}.
 func (m *PongMessage) AppendJSON(dst []byte) []byte {
-	dst = appendEnvelope(dst, TypePong)
+	dst = appendEnvelope(dst, typePong)
 	dst = appendStringField(dst, "correlationId", m.CorrelationID)
 	return append(dst, '}')
 }
@@ -330,8 +330,8 @@ func (m *PongMessage) AppendJSON(dst []byte) []byte {
 // AppendJSON appends {"v":1,"type":"error","code","message",
 // ["shareDataId"],["correlationId"]}.
 func (m *ErrorMessage) AppendJSON(dst []byte) []byte {
-	dst = appendEnvelope(dst, TypeError)
-	dst = appendStringField(dst, "code", m.Code)
+	dst = appendEnvelope(dst, typeError)
+	dst = appendStringField(dst, "code", string(m.Code))
 	dst = appendStringField(dst, "message", m.Message)
 	if m.ShareDataID != "" {
 		dst = appendStringField(dst, "shareDataId", m.ShareDataID)
@@ -427,3 +427,29 @@ func quoteForError(s string) string {
 	}
 	return strconv.Quote(s)
 }
+
+// ErrorCode is the code of an error frame (ErrorMessage.Code), one of the
+// values below. Clients decide by it; the message beside it is for people.
+type ErrorCode string
+
+// The codes of error frames the server sends.
+const (
+	// CodeReplayCursorNotFound: a subscribe's since is outside the
+	// replay window; the state frame before it is current, but the
+	// transactions between since and it are not replayed.
+	CodeReplayCursorNotFound ErrorCode = "replay-cursor-not-found"
+	// CodeForbidden: the subscribe authorizer refused.
+	CodeForbidden ErrorCode = "forbidden"
+	// CodeTooManySubscriptions: the connection is at
+	// MaxSubscriptionsPerConnection.
+	CodeTooManySubscriptions ErrorCode = "too-many-subscriptions"
+	// CodeUnknownShareData: a subscribe named a share data id that
+	// does not exist; the connection is then closed with 4003. The frame
+	// carries the id whole, so a client knows which subscription to end
+	// without reading the close reason.
+	CodeUnknownShareData ErrorCode = "unknown-share-data"
+	// CodeInternal: the server failed to serve a subscribe and may
+	// succeed later (the manager or the replay store was unreachable). The
+	// subscription is not kept; the client subscribes again after a pause.
+	CodeInternal ErrorCode = "internal-error"
+)

@@ -45,9 +45,9 @@ type ReplayStore interface {
 	Drop(ctx context.Context, shareDataID string) error
 }
 
-// DefaultReplayBufferSize is the number of transactions retained per share
+// defaultReplayBufferSize is the number of transactions retained per share
 // data item by default.
-const DefaultReplayBufferSize = 100
+const defaultReplayBufferSize = 100
 
 // MemoryReplayStore keeps, per share data item, a ring buffer of a fixed
 // capacity: appending is O(1) and never grows it, and a removed item's
@@ -63,7 +63,7 @@ type MemoryReplayStore struct {
 // item (DefaultReplayBufferSize when capacity <= 0).
 func NewMemoryReplayStore(capacity int) *MemoryReplayStore {
 	if capacity <= 0 {
-		capacity = DefaultReplayBufferSize
+		capacity = defaultReplayBufferSize
 	}
 	return &MemoryReplayStore{capacity: capacity, rings: make(map[string]*ring)}
 }

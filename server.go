@@ -12,15 +12,15 @@ import (
 
 // Defaults of ServerOptions. Each applies when its field is zero.
 const (
-	// DefaultMaxBufferedBytes caps the bytes queued for one connection
+	// defaultMaxBufferedBytes caps the bytes queued for one connection
 	// (1 MiB); past it the connection is closed with 4001.
-	DefaultMaxBufferedBytes = 1 << 20
-	// DefaultHeartbeatInterval is how often the server pings each
+	defaultMaxBufferedBytes = 1 << 20
+	// defaultHeartbeatInterval is how often the server pings each
 	// connection; one that has not answered by the next ping is closed.
-	DefaultHeartbeatInterval = 30 * time.Second
-	// DefaultMaxSubscriptionsPerConnection bounds the share data items one
+	defaultHeartbeatInterval = 30 * time.Second
+	// defaultMaxSubscriptionsPerConnection bounds the share data items one
 	// connection may subscribe to at once.
-	DefaultMaxSubscriptionsPerConnection = 100
+	defaultMaxSubscriptionsPerConnection = 100
 )
 
 // AuthenticateUpgrade is the hook that runs before each upgrade. It returns
@@ -71,7 +71,7 @@ type ServerOptions struct {
 	// MemoryReplayStore of ReplayBufferSize.
 	ReplayStore ReplayStore
 	// Registry carries events between instances. Nil means a
-	// MemoryRegistry of this server alone.
+	// MemoryChannelRegistry of this server alone.
 	Registry ChannelRegistry
 	// SkipManagerEvents stops the server from listening to the manager's
 	// events. Set it on every instance but one when several instances share
@@ -103,7 +103,7 @@ type ServerOptions struct {
 	MaxConnections int
 	// ShutdownCode is the close code Shutdown sends: CloseGoingAway (1001,
 	// the zero value's meaning) or CloseServiceRestart (1012).
-	ShutdownCode StatusCode
+	ShutdownCode CloseCode
 
 	// Accept configures the WebSocket handshake and connection: origin
 	// patterns, subprotocols ("realtime.v1" when empty), the read limit
@@ -216,13 +216,13 @@ func NewServer(m Manager, opts *ServerOptions) *Server {
 	}
 	o := &s.opts
 	if o.MaxBufferedBytes <= 0 {
-		o.MaxBufferedBytes = DefaultMaxBufferedBytes
+		o.MaxBufferedBytes = defaultMaxBufferedBytes
 	}
 	if o.HeartbeatInterval == 0 {
-		o.HeartbeatInterval = DefaultHeartbeatInterval
+		o.HeartbeatInterval = defaultHeartbeatInterval
 	}
 	if o.MaxSubscriptionsPerConnection <= 0 {
-		o.MaxSubscriptionsPerConnection = DefaultMaxSubscriptionsPerConnection
+		o.MaxSubscriptionsPerConnection = defaultMaxSubscriptionsPerConnection
 	}
 	if o.ShutdownCode == 0 {
 		o.ShutdownCode = CloseGoingAway
@@ -243,7 +243,7 @@ func NewServer(m Manager, opts *ServerOptions) *Server {
 	}
 	s.reg = o.Registry
 	if s.reg == nil {
-		s.reg = NewMemoryRegistry()
+		s.reg = NewMemoryChannelRegistry()
 	}
 	s.hub = &hub{manager: m, store: s.store, log: s.log, wg: &s.wg,
 		maxHeld: o.MaxBufferedBytes, topics: make(map[string]*topic)}
@@ -389,7 +389,7 @@ func (s *Server) removeSession(sess *session) {
 
 // goClose closes conn with a close handshake on a goroutine of the
 // server's, so the caller never waits for a slow peer.
-func (s *Server) goClose(conn *Conn, code StatusCode, reason string) {
+func (s *Server) goClose(conn *Conn, code CloseCode, reason string) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

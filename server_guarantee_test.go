@@ -167,7 +167,7 @@ func TestSlowConsumer(t *testing.T) {
 				return
 			}
 			if f.op() == opClose {
-				if code := StatusCode(int(f.payload[0])<<8 | int(f.payload[1])); code != CloseFellBehind {
+				if code := CloseCode(int(f.payload[0])<<8 | int(f.payload[1])); code != CloseFellBehind {
 					slowEnd <- fmt.Errorf("slow client closed with %s", code)
 					return
 				}

@@ -180,7 +180,7 @@ func (tc *testClient) endErr() error {
 }
 
 // expectClosed waits for the connection to end with a close frame of code.
-func (tc *testClient) expectClosed(code StatusCode, reasonPart string) {
+func (tc *testClient) expectClosed(code CloseCode, reasonPart string) {
 	tc.t.Helper()
 	for range tc.msgs {
 	}
@@ -343,7 +343,7 @@ func TestSubscribeErrors(t *testing.T) {
 		c := dialRT(t, rs.url+"?u=ann", nil)
 		c.send(&SubscribeMessage{ShareDataID: "other"})
 		e := nextAs[*ErrorMessage](c)
-		if e.Code != ErrCodeForbidden || e.Message != "not yours" || e.ShareDataID != "other" || gotAuth.Load() != "user-ann" {
+		if e.Code != CodeForbidden || e.Message != "not yours" || e.ShareDataID != "other" || gotAuth.Load() != "user-ann" {
 			t.Fatalf("%s, auth %v", e.AppendJSON(nil), gotAuth.Load())
 		}
 		c.subscribe("doc") // the connection stays usable
@@ -353,7 +353,7 @@ func TestSubscribeErrors(t *testing.T) {
 		c := dialRT(t, rs.url, nil)
 		c.subscribe("doc")
 		c.send(&SubscribeMessage{ShareDataID: "other"})
-		if e := nextAs[*ErrorMessage](c); e.Code != ErrCodeTooManySubscriptions {
+		if e := nextAs[*ErrorMessage](c); e.Code != CodeTooManySubscriptions {
 			t.Fatalf("%s", e.AppendJSON(nil))
 		}
 		c.subscribe("doc") // resubscribing an id already held is fine
@@ -388,7 +388,7 @@ func TestInvalidMessages(t *testing.T) {
 	})
 	t.Run("message over the read limit", func(t *testing.T) {
 		c := dialRT(t, rs.url, nil)
-		c.sendRaw(`{"v":1,"type":"propose","shareDataId":"doc","functionId":"set","correlationId":"c","proposedData":"` + strings.Repeat("x", DefaultReadLimit) + `"}`)
+		c.sendRaw(`{"v":1,"type":"propose","shareDataId":"doc","functionId":"set","correlationId":"c","proposedData":"` + strings.Repeat("x", defaultReadLimit) + `"}`)
 		c.expectClosed(CloseMessageTooBig, "read limit")
 	})
 }
@@ -436,7 +436,7 @@ func TestReplay(t *testing.T) {
 			c.send(&SubscribeMessage{ShareDataID: "doc", Since: since, HasSince: true})
 			nextAs[*StateMessage](c)
 			e := nextAs[*ErrorMessage](c)
-			if e.Code != ErrCodeReplayCursorNotFound || e.ShareDataID != "doc" {
+			if e.Code != CodeReplayCursorNotFound || e.ShareDataID != "doc" {
 				t.Fatalf("%s", e.AppendJSON(nil))
 			}
 			c.quiet(50 * time.Millisecond)
@@ -536,7 +536,7 @@ func TestLifecycle(t *testing.T) {
 	if st := nextAs[*StateMessage](c); string(st.CurrentState) != "0" {
 		t.Fatalf("%s", st.AppendJSON(nil))
 	}
-	if e := nextAs[*ErrorMessage](c); e.Code != ErrCodeReplayCursorNotFound {
+	if e := nextAs[*ErrorMessage](c); e.Code != CodeReplayCursorNotFound {
 		t.Fatalf("%s", e.AppendJSON(nil))
 	}
 }
@@ -555,7 +555,7 @@ func waitFor(t testing.TB, cond func() bool) {
 // TestEventLost: a registry that reports lost events makes the server close
 // the connections subscribed to that share data with 4001; others stay.
 func TestEventLost(t *testing.T) {
-	reg := NewMemoryRegistry()
+	reg := NewMemoryChannelRegistry()
 	rs := newRTServer(t, &ServerOptions{Registry: reg})
 	a, b := dialRT(t, rs.url, nil), dialRT(t, rs.url, nil)
 	a.subscribe("doc")
@@ -570,7 +570,7 @@ func TestEventLost(t *testing.T) {
 // registry does not publish the manager's events again; its subscribers
 // get each transaction once, from the first server's publication.
 func TestSkipManagerEvents(t *testing.T) {
-	reg := NewMemoryRegistry()
+	reg := NewMemoryChannelRegistry()
 	rs := newRTServer(t, &ServerOptions{Registry: reg})
 	var published atomic.Int32
 	detach := reg.Attach(func(ev Event) { published.Add(1) })

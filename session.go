@@ -13,28 +13,6 @@ import (
 // writer that drains it, and the read loop that dispatches the client's
 // messages.
 
-// Error codes of error frames sent by the server.
-const (
-	// ErrCodeReplayCursorNotFound: a subscribe's since is outside the
-	// replay window; the state frame before it is current, but the
-	// transactions between since and it are not replayed.
-	ErrCodeReplayCursorNotFound = "replay-cursor-not-found"
-	// ErrCodeForbidden: the subscribe authorizer refused.
-	ErrCodeForbidden = "forbidden"
-	// ErrCodeTooManySubscriptions: the connection is at
-	// MaxSubscriptionsPerConnection.
-	ErrCodeTooManySubscriptions = "too-many-subscriptions"
-	// ErrCodeUnknownShareData: a subscribe named a share data id that
-	// does not exist; the connection is then closed with 4003. The frame
-	// carries the id whole, so a client knows which subscription to end
-	// without reading the close reason.
-	ErrCodeUnknownShareData = "unknown-share-data"
-	// ErrCodeInternal: the server failed to serve a subscribe and may
-	// succeed later (the manager or the replay store was unreachable). The
-	// subscription is not kept; the client subscribes again after a pause.
-	ErrCodeInternal = "internal-error"
-)
-
 // maxWriteBatch bounds the bytes written by one system call, so pongs and
 // close frames queued meanwhile wait for at most that much.
 const maxWriteBatch = 64 << 10
@@ -60,7 +38,7 @@ type session struct {
 	roomWaiters int32
 	room        *sync.Cond
 	// closeCode is sent by the writer once the queue is drained (0: none).
-	closeCode   StatusCode
+	closeCode   CloseCode
 	closeReason string
 	subs        subList
 
@@ -149,7 +127,7 @@ func (s *session) send(m ServerMessage) {
 // are sent first (graceful shutdown); without, they are dropped and the
 // close frame goes out as soon as the connection can take it. It never
 // blocks.
-func (s *session) close(code StatusCode, reason string, drain bool) {
+func (s *session) close(code CloseCode, reason string, drain bool) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -265,7 +243,7 @@ func (s *session) ping() bool {
 }
 
 // forget drops a subscription that ended (its share data was removed).
-func (s *session) forget(sub *subscription) {
+func (s *session) forget(sub *subscriber) {
 	s.mu.Lock()
 	s.subs.remove(sub)
 	s.mu.Unlock()
@@ -341,7 +319,7 @@ func (s *session) subscribe(m *SubscribeMessage) {
 	id := m.ShareDataID
 	if az := srv.opts.AuthorizeSubscribe; az != nil {
 		if err := az(s.ctx, s.auth, id); err != nil {
-			s.send(&ErrorMessage{Code: ErrCodeForbidden, Message: err.Error(), ShareDataID: id})
+			s.send(&ErrorMessage{Code: CodeForbidden, Message: err.Error(), ShareDataID: id})
 			return
 		}
 	}
@@ -349,7 +327,7 @@ func (s *session) subscribe(m *SubscribeMessage) {
 	old := s.subs.find(id)
 	if old == nil && len(s.subs) >= srv.opts.MaxSubscriptionsPerConnection {
 		s.mu.Unlock()
-		s.send(&ErrorMessage{Code: ErrCodeTooManySubscriptions,
+		s.send(&ErrorMessage{Code: CodeTooManySubscriptions,
 			Message: "at most " + strconv.Itoa(srv.opts.MaxSubscriptionsPerConnection) + " subscriptions per connection", ShareDataID: id})
 		return
 	}
@@ -362,14 +340,14 @@ func (s *session) subscribe(m *SubscribeMessage) {
 	if err := srv.hub.join(s.ctx, s, id, m.Since, m.HasSince); errors.Is(err, errJoinUnknown) {
 		// The error frame names the id whole; the close reason is for
 		// people and may be cut.
-		s.send(&ErrorMessage{Code: ErrCodeUnknownShareData, Message: "the share data does not exist", ShareDataID: id})
+		s.send(&ErrorMessage{Code: CodeUnknownShareData, Message: "the share data does not exist", ShareDataID: id})
 		s.close(CloseUnknownShareData, "unknown share data "+quoteForError(id), true)
 	}
 }
 
 // remember records a subscription the hub joined, so that unsubscribe and
 // the end of the connection find it.
-func (s *session) remember(sub *subscription) {
+func (s *session) remember(sub *subscriber) {
 	s.mu.Lock()
 	s.subs = append(s.subs, sub)
 	s.mu.Unlock()
@@ -448,9 +426,9 @@ func (s *session) logAttrs() slog.Attr {
 // subList is a connection's subscriptions, searched linearly: for the few
 // a connection usually holds (at most MaxSubscriptionsPerConnection), a
 // slice costs less memory than a map.
-type subList []*subscription
+type subList []*subscriber
 
-func (l subList) find(id string) *subscription {
+func (l subList) find(id string) *subscriber {
 	for _, sub := range l {
 		if sub.id == id {
 			return sub
@@ -459,7 +437,7 @@ func (l subList) find(id string) *subscription {
 	return nil
 }
 
-func (l *subList) remove(sub *subscription) {
+func (l *subList) remove(sub *subscriber) {
 	for i, x := range *l {
 		if x == sub {
 			last := len(*l) - 1

@@ -93,7 +93,7 @@ func waitErr(t *testing.T, errs chan error) error {
 	}
 }
 
-func wantOurClose(t *testing.T, err error, code realtime.StatusCode, remote bool) {
+func wantOurClose(t *testing.T, err error, code realtime.CloseCode, remote bool) {
 	t.Helper()
 	var ce *realtime.CloseError
 	if !errors.As(err, &ce) || ce.Code != code || ce.Remote != remote {

@@ -72,8 +72,8 @@ import (
 type Options struct {
 	// Prefix starts every key and channel name. Default "realtime".
 	Prefix string
-	// ReplayBufferSize is the window per share data. Default
-	// realtime.DefaultReplayBufferSize (100).
+	// ReplayBufferSize is the window per share data. Zero means 100,
+	// the root package's default; negative keeps no window.
 	ReplayBufferSize int
 	// Logger receives the registry's logs (slog.Default() when nil).
 	Logger *slog.Logger
@@ -83,8 +83,11 @@ func (o Options) withDefaults() Options {
 	if o.Prefix == "" {
 		o.Prefix = "realtime"
 	}
-	if o.ReplayBufferSize <= 0 {
-		o.ReplayBufferSize = realtime.DefaultReplayBufferSize
+	switch {
+	case o.ReplayBufferSize == 0:
+		o.ReplayBufferSize = 100
+	case o.ReplayBufferSize < 0:
+		o.ReplayBufferSize = 0
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -128,6 +131,9 @@ type record struct {
 
 // Append implements realtime.ReplayStore: one EVALSHA.
 func (s *ReplayStore) Append(ctx context.Context, shareDataID string, rec realtime.ReplayRecord) error {
+	if s.opts.ReplayBufferSize == 0 {
+		return nil
+	}
 	b, err := json.Marshal(record{ID: rec.TransactionID, Prev: rec.PreviousTransactionID, Msg: string(rec.Message)})
 	if err != nil {
 		return err

@@ -151,12 +151,12 @@ func (l *stateLog) add(sc realtime.StateChange) {
 	l.mu.Unlock()
 }
 
-func (l *stateLog) closedWith(code realtime.StatusCode) int {
+func (l *stateLog) closedWith(code realtime.CloseCode) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	n := 0
 	for _, sc := range l.all {
-		if sc.State == realtime.StateClosed && sc.Code == code {
+		if sc.State == realtime.ClientClosed && sc.Code == code {
 			n++
 		}
 	}
@@ -313,7 +313,7 @@ func TestTwoInstances(t *testing.T) {
 	// A cursor outside the window is said so.
 	conn.Write(context.Background(), realtime.MessageText, (&realtime.SubscribeMessage{ShareDataID: "doc", Since: "no-such-cursor", HasSince: true}).AppendJSON(nil))
 	read()
-	if e, ok := read().(*realtime.ErrorMessage); !ok || e.Code != realtime.ErrCodeReplayCursorNotFound {
+	if e, ok := read().(*realtime.ErrorMessage); !ok || e.Code != realtime.CodeReplayCursorNotFound {
 		t.Fatalf("want replay-cursor-not-found, got %v", e)
 	}
 }
