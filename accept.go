@@ -39,13 +39,23 @@ type AcceptOptions struct {
 	SkipOriginCheck bool
 
 	// HandshakeTimeout bounds the writing of the 101 response after the
-	// connection is hijacked. Zero means DefaultHandshakeTimeout. The
+	// connection is hijacked. Zero means 10 s. Negative means no timeout.
+	// The
 	// reading of the request is the http.Server's job: set its
 	// ReadHeaderTimeout.
 	HandshakeTimeout time.Duration
 
 	// ConnOptions are the accepted connection's limits and timeouts.
 	ConnOptions
+}
+
+// withDefaults resolves the zero values (see ConnOptions).
+func (o AcceptOptions) withDefaults() AcceptOptions {
+	if o.HandshakeTimeout == 0 {
+		o.HandshakeTimeout = defaultHandshakeTimeout
+	}
+	o.ConnOptions = o.ConnOptions.withDefaults()
+	return o
 }
 
 // HandshakeError reports a failed opening handshake. On the server,
@@ -115,9 +125,7 @@ func Accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn,
 	if opts != nil {
 		o = *opts
 	}
-	if o.HandshakeTimeout <= 0 {
-		o.HandshakeTimeout = defaultHandshakeTimeout
-	}
+	o = o.withDefaults()
 	key, herr := checkHandshake(w, r, &o)
 	if herr != nil {
 		if herr.StatusCode == http.StatusMethodNotAllowed {
@@ -170,7 +178,9 @@ func Accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn,
 	// net/http may have left deadlines on the connection (ReadTimeout,
 	// WriteTimeout); the WebSocket connection manages its own.
 	nc.SetDeadline(time.Time{})
-	nc.SetWriteDeadline(time.Now().Add(o.HandshakeTimeout))
+	if o.HandshakeTimeout > 0 {
+		nc.SetWriteDeadline(time.Now().Add(o.HandshakeTimeout))
+	}
 	if _, err := nc.Write([]byte(b.String())); err != nil {
 		nc.Close()
 		return nil, &HandshakeError{Reason: "writing the 101 response", Err: err}

@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"slices"
 	"strings"
@@ -70,18 +71,39 @@ type JWTOptions struct {
 	// is refused.
 	Authorities []Authority
 	// Leeway is the clock skew tolerated on exp, nbf and iat. Zero means
-	// DefaultJWTLeeway (5 s); negative means none.
+	// 5 s. Negative means none.
 	Leeway time.Duration
 	// DisableQueryToken stops the "token" query parameter from being read.
 	DisableQueryToken bool
 	// MaxTokenSize is the longest token, in bytes, that is looked at: a
 	// longer one is refused before any decoding or parsing, so an
-	// oversized token costs no more than a normal one. Zero means
-	// DefaultMaxTokenSize (8 KiB); a subprotocol token is measured
-	// decoded, and its base64url form may be a third longer.
+	// oversized token costs no more than a normal one. A subprotocol
+	// token is measured decoded, and its base64url form may be a third
+	// longer. Zero means 8 KiB. Negative means no limit.
 	MaxTokenSize int
 	// Now returns the current time; nil means time.Now. For tests.
 	Now func() time.Time
+}
+
+// withDefaults resolves the zero values; a negative leeway becomes zero
+// and a negative size limit math.MaxInt.
+func (o JWTOptions) withDefaults() JWTOptions {
+	switch {
+	case o.Leeway == 0:
+		o.Leeway = defaultJWTLeeway
+	case o.Leeway < 0:
+		o.Leeway = 0
+	}
+	switch {
+	case o.MaxTokenSize == 0:
+		o.MaxTokenSize = defaultMaxTokenSize
+	case o.MaxTokenSize < 0:
+		o.MaxTokenSize = math.MaxInt
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
 }
 
 // defaultJWTLeeway is the clock skew tolerated by default.
@@ -227,20 +249,8 @@ func NewJWTAuthenticator(opts JWTOptions) (AuthenticateUpgrade, error) {
 		}
 		auths[a.Issuer] = ja
 	}
-	leeway := opts.Leeway
-	if leeway == 0 {
-		leeway = defaultJWTLeeway
-	} else if leeway < 0 {
-		leeway = 0
-	}
-	now := opts.Now
-	if now == nil {
-		now = time.Now
-	}
-	maxSize := opts.MaxTokenSize
-	if maxSize <= 0 {
-		maxSize = defaultMaxTokenSize
-	}
+	opts = opts.withDefaults()
+	leeway, now, maxSize := opts.Leeway, opts.Now, opts.MaxTokenSize
 	parser := jwt.NewParser(
 		jwt.WithValidMethods(methods),
 		jwt.WithExpirationRequired(),

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -104,11 +105,9 @@ type StateChange struct {
 	Delay time.Duration
 }
 
-// ClientOptions configure a Client. URL is required; every zero field
-// means its default.
+// ClientOptions configure a Client. A zero field means its documented
+// default, a negative one none (no limit, no timeout, no wait).
 type ClientOptions struct {
-	// URL is the server's ws:// or wss:// endpoint.
-	URL string
 	// Header is sent with every handshake.
 	Header http.Header
 	// Token, when set, is called before every connect and reconnect; a
@@ -119,23 +118,30 @@ type ClientOptions struct {
 	// Dial holds further dial settings (TLS, subprotocols, read limit).
 	// Its HandshakeTimeout is replaced by DialTimeout.
 	Dial DialOptions
-	// DialTimeout bounds each dial. Default 10 s.
+	// DialTimeout bounds each dial. Zero means 10 s. Negative means no
+	// timeout: a dial waits as long as the network takes.
 	DialTimeout time.Duration
 	// ReconnectMin and ReconnectMax bound the backoff between failed
 	// dials: the n-th wait is drawn uniformly from [0, min(ReconnectMax,
-	// ReconnectMin*2^n)] ("full jitter"). Defaults 250 ms and 30 s. After
-	// a close with 1001, 1012 or 4001 the first redial waits at most
-	// ReconnectMin.
-	ReconnectMin, ReconnectMax time.Duration
+	// ReconnectMin*2^n)] ("full jitter"). After a close with 1001, 1012
+	// or 4001 the first redial waits at most ReconnectMin.
+	//
+	// ReconnectMin: zero means 250 ms. Negative means no wait.
+	ReconnectMin time.Duration
+	// ReconnectMax: zero means 30 s. Negative means no wait: every redial
+	// follows the last failure at once, which only tests should want.
+	ReconnectMax time.Duration
 	// MaxQueueSize bounds the Propose and Ping calls waiting for a
-	// connection; one more fails at once with ErrQueueFull. Default 100.
+	// connection; one more fails at once with ErrQueueFull. Zero means
+	// 100. Negative means no limit.
 	MaxQueueSize int
 	// RequestTimeout bounds Propose and Ping, counted from the call (ctx
-	// may shorten it). Default 10 s.
+	// may shorten it). Zero means 10 s. Negative means no timeout: ctx
+	// alone bounds the call.
 	RequestTimeout time.Duration
 	// HeartbeatTimeout is how long the connection may stay silent (the
 	// server pings every 30 s by default) before the client gives up on
-	// it and reconnects. Default 75 s.
+	// it and reconnects. Zero means 75 s. Negative means no timeout.
 	HeartbeatTimeout time.Duration
 	// MaxPending bounds the messages a subscription holds for a slow
 	// reader of Messages. Past it the held messages are dropped and the
@@ -144,7 +150,7 @@ type ClientOptions struct {
 	// and a *ResyncMessage in the stream marks the place. A bound much
 	// smaller than a replay (the server's window, 100 by default) makes a
 	// slow reader's stream restart many times before it catches up.
-	// Default 1000.
+	// Zero means 1000. Negative means no limit.
 	MaxPending int
 	// OnStateChange is called, from the client's goroutine, at every
 	// change of the connection. It must not block.
@@ -153,12 +159,54 @@ type ClientOptions struct {
 	Logger *slog.Logger
 }
 
+// withDefaults resolves the zero values. Negative limits become
+// math.MaxInt and negative waits zero, so the code that uses them needs no
+// special case; negative timeouts stay negative and mean "none" where
+// they are used.
+func (o ClientOptions) withDefaults() ClientOptions {
+	if o.DialTimeout == 0 {
+		o.DialTimeout = defaultDialTimeout
+	}
+	switch {
+	case o.ReconnectMin == 0:
+		o.ReconnectMin = defaultReconnectMin
+	case o.ReconnectMin < 0:
+		o.ReconnectMin = 0
+	}
+	switch {
+	case o.ReconnectMax == 0:
+		o.ReconnectMax = defaultReconnectMax
+	case o.ReconnectMax < 0:
+		o.ReconnectMax = 0
+	}
+	switch {
+	case o.MaxQueueSize == 0:
+		o.MaxQueueSize = defaultMaxQueueSize
+	case o.MaxQueueSize < 0:
+		o.MaxQueueSize = math.MaxInt
+	}
+	if o.RequestTimeout == 0 {
+		o.RequestTimeout = defaultRequestTimeout
+	}
+	if o.HeartbeatTimeout == 0 {
+		o.HeartbeatTimeout = defaultHeartbeatTimeout
+	}
+	switch {
+	case o.MaxPending == 0:
+		o.MaxPending = defaultMaxPending
+	case o.MaxPending < 0:
+		o.MaxPending = math.MaxInt
+	}
+	return o
+}
+
 // Client is a reconnecting realtime client. It keeps one WebSocket
 // connection open, redialing with backoff when it drops, resubscribes
 // every subscription with since = its cursor so the server replays what was
 // missed, and queues requests made while disconnected. It is safe for
 // concurrent use.
 type Client struct {
+	url  string // the server's endpoint, checked by NewClient
 	opts ClientOptions
 	log  *slog.Logger
 
@@ -194,34 +242,28 @@ type request struct {
 	failed chan error         // buffered 1
 }
 
-// NewClient returns a client; Connect opens it.
-func NewClient(opts ClientOptions) (*Client, error) {
-	if err := checkWSURL(opts.URL); err != nil {
+// requestContext bounds ctx by RequestTimeout, unless it is negative (no
+// timeout).
+func (c *Client) requestContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if c.opts.RequestTimeout < 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, c.opts.RequestTimeout)
+}
+
+// NewClient returns a client of the server at url (ws:// or wss://);
+// Connect opens it. A nil opts means the defaults. The client keeps a copy
+// of *opts: changing it afterwards changes nothing.
+func NewClient(url string, opts *ClientOptions) (*Client, error) {
+	if err := checkWSURL(url); err != nil {
 		return nil, err
 	}
-	o := &opts
-	if o.DialTimeout <= 0 {
-		o.DialTimeout = defaultDialTimeout
+	var o ClientOptions
+	if opts != nil {
+		o = *opts
 	}
-	if o.ReconnectMin <= 0 {
-		o.ReconnectMin = defaultReconnectMin
-	}
-	if o.ReconnectMax <= 0 {
-		o.ReconnectMax = defaultReconnectMax
-	}
-	if o.MaxQueueSize <= 0 {
-		o.MaxQueueSize = defaultMaxQueueSize
-	}
-	if o.RequestTimeout <= 0 {
-		o.RequestTimeout = defaultRequestTimeout
-	}
-	if o.HeartbeatTimeout <= 0 {
-		o.HeartbeatTimeout = defaultHeartbeatTimeout
-	}
-	if o.MaxPending <= 0 {
-		o.MaxPending = defaultMaxPending
-	}
-	c := &Client{opts: opts, log: opts.Logger, pending: make(map[string]*request), subs: make(map[string]*Subscription),
+	o = o.withDefaults()
+	c := &Client{url: url, opts: o, log: o.Logger, pending: make(map[string]*request), subs: make(map[string]*Subscription),
 		opened: make(chan struct{}), stoppedCh: make(chan struct{})}
 	if c.log == nil {
 		c.log = slog.Default()
@@ -476,7 +518,7 @@ func (c *Client) dial() (*Conn, error) {
 	if o.ReadLimit == 0 {
 		o.ReadLimit = defaultMaxBufferedBytes // a frame may be as large as the server's send cap
 	}
-	conn, _, err := Dial(c.ctx, c.opts.URL, &o)
+	conn, _, err := Dial(c.ctx, c.url, &o)
 	return conn, err
 }
 
@@ -558,7 +600,7 @@ func (c *Client) flush(conn *Conn) {
 }
 
 func (c *Client) write(conn *Conn, msg []byte) {
-	ctx, cancel := context.WithTimeout(c.ctx, c.opts.RequestTimeout)
+	ctx, cancel := c.requestContext(c.ctx)
 	defer cancel()
 	if err := conn.Write(ctx, MessageText, msg); err != nil {
 		c.log.Debug("realtime: write failed", "err", err)
@@ -657,7 +699,7 @@ func (c *Client) newRequest(build func(cid string) ClientMessage) *request {
 // roundTrip sends r and waits for its answer, RequestTimeout from now at
 // most.
 func (c *Client) roundTrip(ctx context.Context, r *request) (ServerMessage, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.opts.RequestTimeout)
+	ctx, cancel := c.requestContext(ctx)
 	defer cancel()
 	if err := c.send(r); err != nil {
 		return nil, err

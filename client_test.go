@@ -104,7 +104,6 @@ func (r *restartable) stop() {
 func newTestClient(t *testing.T, url string, opts ClientOptions) (*Client, *stateLog) {
 	t.Helper()
 	states := &stateLog{}
-	opts.URL = url
 	if opts.ReconnectMin == 0 {
 		opts.ReconnectMin = 10 * time.Millisecond
 	}
@@ -115,7 +114,7 @@ func newTestClient(t *testing.T, url string, opts ClientOptions) (*Client, *stat
 	if opts.Logger == nil {
 		opts.Logger = quietLogger
 	}
-	c, err := NewClient(opts)
+	c, err := NewClient(url, &opts)
 	if err != nil {
 		t.Fatal(err)
 	}

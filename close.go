@@ -219,7 +219,7 @@ func (c *Conn) Close(code CloseCode, reason string) error {
 		c.closeTCP(ce)
 		return err
 	}
-	deadline := time.Now().Add(c.opts.CloseTimeout)
+	deadline := c.opts.closeDeadline()
 	c.nc.SetReadDeadline(deadline)
 	if c.readMu.TryLock() {
 		// Nobody is reading: read until the peer's close frame arrives.
@@ -233,17 +233,17 @@ func (c *Conn) Close(code CloseCode, reason string) error {
 		c.readMu.Unlock()
 	} else {
 		// A reader is active and will see the peer's close frame.
-		t := time.NewTimer(time.Until(deadline))
+		timeout, stop := c.closeTimer()
 		select {
 		case <-c.closeRecv:
 			select {
 			case <-c.closed:
-			case <-t.C:
+			case <-timeout:
 			}
 		case <-c.closed:
-		case <-t.C:
+		case <-timeout:
 		}
-		t.Stop()
+		stop()
 	}
 	c.closeTCP(ce)
 	select {
@@ -252,6 +252,17 @@ func (c *Conn) Close(code CloseCode, reason string) error {
 	default:
 		return fmt.Errorf("websocket: close: no close frame from the peer within %v: %w", c.opts.CloseTimeout, ErrClosed)
 	}
+}
+
+// closeTimer returns a channel that fires when the close timeout passes,
+// and its stop function; with no timeout (negative) the channel is nil and
+// never fires.
+func (c *Conn) closeTimer() (<-chan time.Time, func() bool) {
+	if c.opts.CloseTimeout < 0 {
+		return nil, func() bool { return false }
+	}
+	t := time.NewTimer(c.opts.CloseTimeout)
+	return t.C, t.Stop
 }
 
 // handleClose acts on a received close frame: it validates it, answers it
@@ -275,7 +286,7 @@ func (c *Conn) handleClose(p []byte) error {
 	}
 	if c.client {
 		// Wait, briefly, for the server to close the TCP connection.
-		c.nc.SetReadDeadline(time.Now().Add(c.opts.CloseTimeout))
+		c.nc.SetReadDeadline(c.opts.closeDeadline())
 		for c.fill(len(c.rbuf)) == nil {
 			c.rpos, c.rend = 0, 0
 		}
@@ -301,13 +312,13 @@ func (c *Conn) sendClose(code CloseCode, reason string) error {
 	if c.isClosed() {
 		return c.endErr()
 	}
-	t := time.NewTimer(c.opts.CloseTimeout)
-	defer t.Stop()
+	timeout, stop := c.closeTimer()
+	defer stop()
 	select {
 	case c.frameSem <- struct{}{}:
 	case <-c.closed:
 		return c.endErr()
-	case <-t.C:
+	case <-timeout:
 		return fmt.Errorf("websocket: close: another write held the connection for %v", c.opts.CloseTimeout)
 	}
 	defer c.releaseFrame()

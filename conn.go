@@ -11,7 +11,8 @@ import (
 	"time"
 )
 
-// Defaults of ConnOptions. Each applies when its field is zero.
+// Defaults of ConnOptions, AcceptOptions and DialOptions. Each applies
+// when its field is zero.
 const (
 	// defaultReadLimit is the largest message, in bytes, that a Conn
 	// accepts: 64 KiB. It is below the realtime server's default
@@ -49,40 +50,45 @@ const (
 )
 
 // ConnOptions are the limits and timeouts of a connection, shared by
-// AcceptOptions and DialOptions. The zero value means the defaults above.
+// AcceptOptions and DialOptions. Like every options struct of this package,
+// a zero field means its documented default and a negative one means none
+// (no limit, no timeout).
 type ConnOptions struct {
 	// ReadLimit is the largest message in bytes that Read accepts; a
 	// longer one fails the connection with close code 1009 (message too
-	// big). Zero means DefaultReadLimit (64 KiB); negative means no limit,
-	// which lets any peer make this side allocate without bound.
+	// big). Zero means 64 KiB. Negative means no limit, which lets any
+	// peer make this side allocate without bound.
 	ReadLimit int64
 
 	// MaxFragments is the most frames (the first and its continuations)
 	// one data message may arrive in; one more fails the connection with
 	// close code 1009. Control frames between fragments do not count.
-	// Zero means DefaultMaxFragments (1,024); negative means no bound.
-	// Raise it with ReadLimit when peers fragment finely: a 16 MiB
-	// message written through gorilla/websocket's NextWriter with its
-	// default 4 KiB buffer is 4,096 frames.
+	// Zero means 1,024. Negative means no limit. Raise it with ReadLimit
+	// when peers fragment finely: a 16 MiB message written through
+	// gorilla/websocket's NextWriter with its default 4 KiB buffer is
+	// 4,096 frames.
 	MaxFragments int
 
 	// IdleTimeout is how long a read waits for the next frame to arrive
 	// completely. When it passes, the connection is closed (the peer is
 	// sent 1001, best effort) and Read returns an error. It protects a
 	// reading goroutine against peers that vanish or trickle bytes.
-	// Zero means DefaultIdleTimeout (60 s); negative means no timeout.
+	// Zero means 60 s. Negative means no timeout.
 	IdleTimeout time.Duration
 
 	// WriteTimeout bounds the writing of each frame. When it passes, the
-	// connection is closed. Zero means DefaultWriteTimeout (10 s);
-	// negative means no timeout.
+	// connection is closed. Zero means 10 s. Negative means no timeout.
 	WriteTimeout time.Duration
 
-	// CloseTimeout bounds the close handshake. Zero means
-	// DefaultCloseTimeout (5 s).
+	// CloseTimeout bounds the close handshake: how long Close waits for
+	// the peer's close frame, and how long a close frame waits for
+	// another write that holds the connection. Zero means 5 s. Negative
+	// means no timeout: Close waits as long as the peer takes.
 	CloseTimeout time.Duration
 }
 
+// withDefaults resolves the zero values; negative values stay negative
+// and mean "none" where they are used.
 func (o ConnOptions) withDefaults() ConnOptions {
 	if o.ReadLimit == 0 {
 		o.ReadLimit = defaultReadLimit
@@ -96,10 +102,19 @@ func (o ConnOptions) withDefaults() ConnOptions {
 	if o.WriteTimeout == 0 {
 		o.WriteTimeout = defaultWriteTimeout
 	}
-	if o.CloseTimeout <= 0 {
+	if o.CloseTimeout == 0 {
 		o.CloseTimeout = defaultCloseTimeout
 	}
 	return o
+}
+
+// closeDeadline is the end of a close-handshake wait starting now; the
+// zero time (no deadline) when CloseTimeout is negative.
+func (o *ConnOptions) closeDeadline() time.Time {
+	if o.CloseTimeout < 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(o.CloseTimeout)
 }
 
 // ErrClosed is returned by the methods of a Conn used after it was closed

@@ -39,12 +39,21 @@ type DialOptions struct {
 	NetDialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	// HandshakeTimeout bounds dialing, the TLS handshake and the HTTP
-	// exchange together (ctx can shorten it). Zero means
-	// DefaultHandshakeTimeout.
+	// exchange together (ctx can shorten it). Zero means 10 s. Negative
+	// means no timeout: ctx alone bounds the handshake.
 	HandshakeTimeout time.Duration
 
 	// ConnOptions are the connection's limits and timeouts.
 	ConnOptions
+}
+
+// withDefaults resolves the zero values (see ConnOptions).
+func (o DialOptions) withDefaults() DialOptions {
+	if o.HandshakeTimeout == 0 {
+		o.HandshakeTimeout = defaultHandshakeTimeout
+	}
+	o.ConnOptions = o.ConnOptions.withDefaults()
+	return o
 }
 
 // maxErrorBody is how much of a refused handshake's body Dial keeps.
@@ -64,9 +73,7 @@ func Dial(ctx context.Context, rawURL string, opts *DialOptions) (*Conn, *http.R
 	if opts != nil {
 		o = *opts
 	}
-	if o.HandshakeTimeout <= 0 {
-		o.HandshakeTimeout = defaultHandshakeTimeout
-	}
+	o = o.withDefaults()
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, nil, fmt.Errorf("websocket: dial: %w", err)
@@ -98,8 +105,11 @@ func Dial(ctx context.Context, rawURL string, opts *DialOptions) (*Conn, *http.R
 		}
 	}
 
-	ctx, cancel := context.WithTimeout(ctx, o.HandshakeTimeout)
-	defer cancel()
+	if o.HandshakeTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.HandshakeTimeout)
+		defer cancel()
+	}
 
 	dial := o.NetDialContext
 	if dial == nil {

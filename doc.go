@@ -63,6 +63,17 @@
 //     allocate nothing per message per subscriber once warm; an idle
 //     subscribed connection costs about 5.4 KiB.
 //
+// # Options
+//
+// Every constructor takes its required arguments as parameters and its
+// options as a pointer whose nil means the defaults (NewServer, NewClient,
+// Accept, Dial). Every options struct (ServerOptions, ClientOptions,
+// AcceptOptions, DialOptions, ConnOptions, JWTOptions) follows one rule
+// for its numbers and durations: zero means the documented default, and a
+// negative value means none: no limit, no timeout, no wait, no window.
+// Each field's doc says what its default and its "none" are; none of the
+// defaults is off, except MaxConnections, whose default is no limit.
+//
 // # Exposing a server
 //
 // Serve through an http.Server with ReadHeaderTimeout, IdleTimeout and

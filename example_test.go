@@ -133,7 +133,7 @@ func Example() {
 	defer hs.Close()
 	defer srv.Shutdown(context.Background())
 
-	client, err := realtime.NewClient(realtime.ClientOptions{URL: "ws://" + ln.Addr().String() + "/realtime"})
+	client, err := realtime.NewClient("ws://"+ln.Addr().String()+"/realtime", nil)
 	if err != nil {
 		panic(err)
 	}
@@ -173,7 +173,7 @@ func ExampleClient_replay() {
 	defer hs.Close()
 	url := "ws" + strings.TrimPrefix(hs.URL, "http")
 
-	client, _ := realtime.NewClient(realtime.ClientOptions{URL: url, ReconnectMin: 10 * time.Millisecond})
+	client, _ := realtime.NewClient(url, &realtime.ClientOptions{ReconnectMin: 10 * time.Millisecond})
 	defer client.Close()
 	sub, _ := client.Subscribe("counter", nil)
 	client.Connect(context.Background())
@@ -232,7 +232,7 @@ func ExampleFunctionResolver() {
 	defer hs.Close()
 	defer srv.Shutdown(context.Background())
 
-	client, _ := realtime.NewClient(realtime.ClientOptions{URL: "ws" + strings.TrimPrefix(hs.URL, "http")})
+	client, _ := realtime.NewClient("ws"+strings.TrimPrefix(hs.URL, "http"), nil)
 	defer client.Close()
 	client.Connect(context.Background())
 	_, err := client.Propose(context.Background(), "acme/counter", "double", json.RawMessage(`null`))

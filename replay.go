@@ -60,10 +60,14 @@ type MemoryReplayStore struct {
 }
 
 // NewMemoryReplayStore returns a store keeping capacity transactions per
-// item (DefaultReplayBufferSize when capacity <= 0).
+// item. Zero means 100. Negative means none: Append keeps nothing, and
+// every Replay that is not empty fails with ErrReplayCursorNotFound.
 func NewMemoryReplayStore(capacity int) *MemoryReplayStore {
-	if capacity <= 0 {
+	switch {
+	case capacity == 0:
 		capacity = defaultReplayBufferSize
+	case capacity < 0:
+		capacity = 0
 	}
 	return &MemoryReplayStore{capacity: capacity, rings: make(map[string]*ring)}
 }
@@ -78,6 +82,9 @@ func (r *ring) at(i int) *ReplayRecord { return &r.recs[(r.head+i)%len(r.recs)] 
 
 // Append implements ReplayStore.
 func (s *MemoryReplayStore) Append(ctx context.Context, shareDataID string, rec ReplayRecord) error {
+	if s.capacity == 0 {
+		return nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := s.rings[shareDataID]

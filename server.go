@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -65,7 +66,8 @@ type ServerOptions struct {
 
 	// ReplayBufferSize is the number of transactions retained per share
 	// data for replay on reconnect, used when ReplayStore is nil. Zero
-	// means DefaultReplayBufferSize (100).
+	// means 100. Negative means no window: a client that reconnects with
+	// since gets the state and replay-cursor-not-found.
 	ReplayBufferSize int
 	// ReplayStore keeps the replay window. Nil means a
 	// MemoryReplayStore of ReplayBufferSize.
@@ -87,22 +89,24 @@ type ServerOptions struct {
 	// also bounds the live frames held for a subscription while its replay
 	// flows (a replay itself is fed as the queue drains, at most half the
 	// cap at a time, so a window larger than the cap still arrives). Zero
-	// means DefaultMaxBufferedBytes (1 MiB).
+	// means 1 MiB. Negative means no limit: a client that stops reading
+	// makes the server hold everything sent to it.
 	MaxBufferedBytes int
 	// HeartbeatInterval is how often every connection is pinged; a
 	// connection that has not answered a ping by the next one is closed.
-	// Zero means DefaultHeartbeatInterval (30 s); negative disables.
+	// Zero means 30 s. Negative means no heartbeat.
 	HeartbeatInterval time.Duration
 	// MaxSubscriptionsPerConnection bounds one connection's subscriptions;
 	// a subscribe past it gets an error frame "too-many-subscriptions".
-	// Zero means DefaultMaxSubscriptionsPerConnection (100).
+	// Zero means 100. Negative means no limit.
 	MaxSubscriptionsPerConnection int
 	// MaxConnections bounds the open connections; upgrades past it get
 	// 503 (or, when several race for the last place, the losers are closed
-	// with 1013 right after the upgrade). Zero means no bound.
+	// with 1013 right after the upgrade). Zero means no limit. Negative
+	// means no limit too. Size it to the process's file descriptor limit.
 	MaxConnections int
-	// ShutdownCode is the close code Shutdown sends: CloseGoingAway (1001,
-	// the zero value's meaning) or CloseServiceRestart (1012).
+	// ShutdownCode is the close code Shutdown sends: CloseGoingAway or
+	// CloseServiceRestart (1012). Zero means 1001 (CloseGoingAway).
 	ShutdownCode CloseCode
 
 	// Accept configures the WebSocket handshake and connection: origin
@@ -116,6 +120,44 @@ type ServerOptions struct {
 	// slow-consumer and heartbeat closes at Warn, failures at Error;
 	// nothing per message above Debug. Nil means slog.Default().
 	Logger *slog.Logger
+}
+
+// withDefaults resolves the zero values. Negative limits become
+// math.MaxInt, so the checks where they are used need no special case;
+// negative durations stay negative and mean "none" where they are used.
+func (o ServerOptions) withDefaults() ServerOptions {
+	switch {
+	case o.MaxBufferedBytes == 0:
+		o.MaxBufferedBytes = defaultMaxBufferedBytes
+	case o.MaxBufferedBytes < 0:
+		o.MaxBufferedBytes = math.MaxInt
+	}
+	switch {
+	case o.MaxSubscriptionsPerConnection == 0:
+		o.MaxSubscriptionsPerConnection = defaultMaxSubscriptionsPerConnection
+	case o.MaxSubscriptionsPerConnection < 0:
+		o.MaxSubscriptionsPerConnection = math.MaxInt
+	}
+	if o.ReplayBufferSize == 0 {
+		o.ReplayBufferSize = defaultReplayBufferSize // negative: NewMemoryReplayStore keeps none
+	}
+	if o.MaxConnections < 0 {
+		o.MaxConnections = 0 // no limit, like zero
+	}
+	if o.HeartbeatInterval == 0 {
+		o.HeartbeatInterval = defaultHeartbeatInterval
+	}
+	if o.ShutdownCode == 0 {
+		o.ShutdownCode = CloseGoingAway
+	}
+	if len(o.Accept.Subprotocols) == 0 {
+		o.Accept.Subprotocols = []string{Subprotocol}
+	}
+	if o.Accept.IdleTimeout == 0 && o.HeartbeatInterval > 0 {
+		o.Accept.IdleTimeout = 3 * o.HeartbeatInterval // the heartbeat acts first
+	}
+	o.Accept = o.Accept.withDefaults()
+	return o
 }
 
 // AuthError is returned by an Authenticate hook to refuse an upgrade with
@@ -214,25 +256,8 @@ func NewServer(m Manager, opts *ServerOptions) *Server {
 	if opts != nil {
 		s.opts = *opts
 	}
+	s.opts = s.opts.withDefaults()
 	o := &s.opts
-	if o.MaxBufferedBytes <= 0 {
-		o.MaxBufferedBytes = defaultMaxBufferedBytes
-	}
-	if o.HeartbeatInterval == 0 {
-		o.HeartbeatInterval = defaultHeartbeatInterval
-	}
-	if o.MaxSubscriptionsPerConnection <= 0 {
-		o.MaxSubscriptionsPerConnection = defaultMaxSubscriptionsPerConnection
-	}
-	if o.ShutdownCode == 0 {
-		o.ShutdownCode = CloseGoingAway
-	}
-	if len(o.Accept.Subprotocols) == 0 {
-		o.Accept.Subprotocols = []string{Subprotocol}
-	}
-	if o.Accept.IdleTimeout == 0 && o.HeartbeatInterval > 0 {
-		o.Accept.IdleTimeout = 3 * o.HeartbeatInterval // the heartbeat acts first
-	}
 	s.log = o.Logger
 	if s.log == nil {
 		s.log = slog.Default()

@@ -55,7 +55,7 @@ func (s *session) enqueue(frame []byte) {
 		s.mu.Unlock()
 		return
 	}
-	if s.queued+len(frame) > s.srv.opts.MaxBufferedBytes {
+	if len(frame) > s.srv.opts.MaxBufferedBytes-s.queued { // queued <= the cap: cannot overflow
 		queued := s.queued
 		s.mu.Unlock()
 		s.srv.stats.slowConsumerCloses.Add(1)

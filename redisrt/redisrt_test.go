@@ -165,7 +165,7 @@ func (l *stateLog) closedWith(code realtime.CloseCode) int {
 
 func newClient(t *testing.T, url string) (*realtime.Client, *stateLog) {
 	states := &stateLog{}
-	c, err := realtime.NewClient(realtime.ClientOptions{URL: url, Logger: quiet, OnStateChange: states.add,
+	c, err := realtime.NewClient(url, &realtime.ClientOptions{Logger: quiet, OnStateChange: states.add,
 		ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -392,4 +392,15 @@ func TestRedisRestart(t *testing.T) {
 		t.Errorf("B was neither replayed nor told what was lost")
 	}
 	fb.mu.Unlock()
+}
+
+// TestOptionsRule: zero means the documented default (100), negative means
+// no window, as in the root package.
+func TestOptionsRule(t *testing.T) {
+	if got := (Options{}).withDefaults().ReplayBufferSize; got != 100 {
+		t.Errorf("zero resolves to %d, documented 100", got)
+	}
+	if got := (Options{ReplayBufferSize: -1}).withDefaults().ReplayBufferSize; got != 0 {
+		t.Errorf("negative resolves to %d, want no window (0)", got)
+	}
 }

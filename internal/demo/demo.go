@@ -118,7 +118,7 @@ const (
 	// connections are hijacked and not affected.
 	IdleTimeout = 60 * time.Second
 	// MaxHeaderBytes bounds a request's headers: room for a token of
-	// realtime.DefaultMaxTokenSize (8 KiB) in base64url and the usual
+	// the JWT bridge's default MaxTokenSize (8 KiB) in base64url and the usual
 	// headers, far below net/http's default of 1 MiB.
 	MaxHeaderBytes = 32 << 10
 )

@@ -116,7 +116,7 @@ func TestUseJWT(t *testing.T) {
 	boardOnly, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
 		"iss": "demo-test", "aud": realtime.AudienceShareData, "shareDataIds": []string{"board"}, "exp": time.Now().Add(time.Hour).Unix(),
 	}).SignedString(secret)
-	client, err := realtime.NewClient(realtime.ClientOptions{URL: "ws" + strings.TrimPrefix(hs.URL, "http") + "/realtime",
+	client, err := realtime.NewClient("ws"+strings.TrimPrefix(hs.URL, "http")+"/realtime", &realtime.ClientOptions{
 		Header: http.Header{"Authorization": {"Bearer " + boardOnly}}})
 	if err != nil {
 		t.Fatal(err)

@@ -38,7 +38,7 @@ func Loopback(ctx context.Context, out io.Writer) error {
 	}()
 	fmt.Fprintf(out, "server listening on %s\n", addr)
 
-	client, err := realtime.NewClient(realtime.ClientOptions{URL: "ws://" + addr + "/realtime", Logger: quiet,
+	client, err := realtime.NewClient("ws://"+addr+"/realtime", &realtime.ClientOptions{Logger: quiet,
 		ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond})
 	if err != nil {
 		return err
