@@ -453,3 +453,28 @@ const (
 	// subscription is not kept; the client subscribes again after a pause.
 	CodeInternal ErrorCode = "internal-error"
 )
+
+// Application close codes of the realtime protocol (RFC 6455 leaves
+// 4000-4999 to applications). Their numbers and meanings are those of
+// @degenerate/realtime.
+const (
+	// CloseFellBehind (4001): the connection's send buffer overflowed; the
+	// client was too slow. A client reconnects and resubscribes with since.
+	CloseFellBehind CloseCode = 4001
+	// CloseUnauthorized (4002): the upgrade was rejected or the
+	// connection's authentication ended (for example its token expired).
+	CloseUnauthorized CloseCode = 4002
+	// CloseUnknownShareData (4003): a subscribe named a share data id that
+	// does not exist.
+	CloseUnknownShareData CloseCode = 4003
+	// CloseInvalidMessage (4004): an incoming message could not be parsed.
+	// The close reason says which field and why.
+	CloseInvalidMessage CloseCode = 4004
+)
+
+func init() {
+	closeCodeNames[CloseFellBehind] = "fell behind"
+	closeCodeNames[CloseUnauthorized] = "unauthorized"
+	closeCodeNames[CloseUnknownShareData] = "unknown share data"
+	closeCodeNames[CloseInvalidMessage] = "invalid message"
+}

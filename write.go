@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"sync"
 )
 
@@ -127,6 +128,36 @@ func (c *Conn) Ping(ctx context.Context) error {
 	}
 }
 
+// requestPing records that a ping with an empty payload is owed to the
+// peer, without writing anything: the next goroutine to write on the
+// connection sends it (see flushControl). So the caller never waits on a
+// peer that stopped reading. It reports false when the connection is closed
+// or closing.
+func (c *Conn) requestPing() bool {
+	if c.isClosed() || c.closeSent.Load() {
+		return false
+	}
+	c.pingPending.Store(true)
+	return true
+}
+
+// controlPending reports whether a ping or a pong is owed to the peer.
+func (c *Conn) controlPending() bool { return c.pingPending.Load() || c.pongPending.Load() }
+
+// flushControl sends the ping and pong owed to the peer: it waits for the
+// frame semaphore (whoever holds it sends them on release, or this call
+// does). It may block for up to the write timeout, so only a goroutine of
+// this connection's own calls it. It returns at once when the connection
+// is closed.
+func (c *Conn) flushControl() {
+	if c.acquire(context.Background(), c.frameSem) == nil {
+		c.releaseFrame()
+	}
+}
+
+// pongCount returns the number of pongs received so far.
+func (c *Conn) pongCount() uint64 { return c.pongs.Load() }
+
 // acquire takes a one-slot semaphore, giving up when ctx ends or the
 // connection closes.
 func (c *Conn) acquire(ctx context.Context, sem chan struct{}) error {
@@ -171,19 +202,79 @@ func (c *Conn) writeFrameLocked(fin bool, op opcode, p []byte) error {
 		_, err := c.nc.Write(c.whdr[:n])
 		return err
 	}
+	c.wbufs[0], c.wbufs[1] = c.whdr[:n], p
+	err := c.writeBuffers(c.wbufs[:])
+	c.wbufs[0], c.wbufs[1] = nil, nil // do not keep the caller's buffer alive
+	return err
+}
+
+// writeBuffers is where every unmasked frame leaves: one frame as header
+// and payload, or a batch of pre-encoded frames. On TCP it is one writev
+// system call with no copy. On TLS and other wrappers it is one Write of
+// the concatenation (from a pooled buffer when it fits one), so a batch is
+// one record rather than one per buffer. The caller holds frameSem and has
+// extended the write deadline.
+func (c *Conn) writeBuffers(bufs [][]byte) error {
 	if c.writev {
-		// One writev system call: header and payload, no copy.
-		c.wbufs[0], c.wbufs[1] = c.whdr[:n], p
-		c.wnb = c.wbufs[:]
+		c.wnb = bufs // a field, so WriteTo's pointer receiver allocates nothing
 		_, err := c.wnb.WriteTo(c.nc)
-		c.wbufs[1] = nil // do not keep the caller's buffer alive
+		c.wnb = nil
 		return err
 	}
-	bp := getWriteBuf(n + len(p))
-	b := append(append((*bp)[:0], c.whdr[:n]...), p...)
+	size := 0
+	for _, b := range bufs {
+		size += len(b)
+	}
+	if size > writeBufClasses[len(writeBufClasses)-1] {
+		nb := net.Buffers(bufs)
+		_, err := nb.WriteTo(c.nc)
+		return err
+	}
+	bp := getWriteBuf(size)
+	b := (*bp)[:0]
+	for _, f := range bufs {
+		b = append(b, f...)
+	}
 	_, err := c.nc.Write(b)
 	putWriteBuf(bp, b)
 	return err
+}
+
+// appendServerFrame appends one unmasked final text frame carrying
+// payload: the bytes every subscriber of a broadcast receives, encoded
+// once.
+func appendServerFrame(dst []byte, payload []byte) []byte {
+	var hdr [maxHeaderSize]byte
+	n := putHeader(hdr[:], true, opText, false, 0, len(payload))
+	dst = append(dst, hdr[:n]...)
+	return append(dst, payload...)
+}
+
+// writeFrames writes pre-encoded server frames (appendServerFrame), in
+// order, through writeBuffers. Control frames owed to the peer go out
+// before the batch. It must be called on a server connection.
+func (c *Conn) writeFrames(ctx context.Context, frames [][]byte) error {
+	if err := c.acquire(ctx, c.msgSem); err != nil {
+		return err
+	}
+	defer func() { <-c.msgSem }()
+	if err := c.acquire(ctx, c.frameSem); err != nil {
+		return err
+	}
+	if c.closeSent.Load() {
+		c.releaseFrame()
+		return c.endErr()
+	}
+	if c.pongPending.Load() {
+		c.writePendingPong()
+	}
+	c.wdl.extend(c.opts.WriteTimeout)
+	err := c.writeBuffers(frames)
+	c.releaseFrame()
+	if err != nil {
+		return c.writeFailed(ctx, err)
+	}
+	return nil
 }
 
 // writeMasked writes a client frame: the payload is copied and masked with a
