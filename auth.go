@@ -138,7 +138,7 @@ type Claims struct {
 func (c *Claims) ExpiresAt() time.Time { return c.Expiry.Add(c.leeway) }
 
 // ErrNoToken is matched by the error of a request that carries no token.
-var ErrNoToken = errors.New("no token")
+var ErrNoToken = errors.New("realtime: no token")
 
 // algorithmsFor returns the algorithms a key accepts.
 func algorithmsFor(k VerificationKey) ([]string, error) {
@@ -292,7 +292,7 @@ func NewJWTAuthenticator(opts JWTOptions) (AuthenticateUpgrade, error) {
 			// RFC 6750 section 3.1: no error code for a request without
 			// credentials.
 			return nil, &AuthError{Status: http.StatusUnauthorized,
-				Header: http.Header{"Www-Authenticate": {`Bearer realm="realtime"`}}, Reason: err.Error()}
+				Header: http.Header{"Www-Authenticate": {`Bearer realm="realtime"`}}, Reason: peerText(err)}
 		}
 		if err != nil {
 			return nil, invalidToken(err.Error(), nil)
@@ -454,10 +454,10 @@ func ShareDataAudienceProposeAuthorizer(ctx context.Context, auth any, shareData
 func shareDataGranted(auth any, shareDataID string) error {
 	c, ok := auth.(*Claims)
 	if !ok {
-		return errors.New("not authenticated with a token")
+		return errors.New("realtime: not authenticated with a token")
 	}
 	if !slices.Contains(c.Audience, AudienceShareData) {
-		return errors.New("token audience does not include " + AudienceShareData)
+		return errors.New("realtime: token audience does not include " + AudienceShareData)
 	}
 	if c.ShareDataIDs == nil {
 		return nil
@@ -470,5 +470,5 @@ func shareDataGranted(auth any, shareDataID string) error {
 			return nil
 		}
 	}
-	return errors.New("token does not grant share data " + quoteForError(shareDataID))
+	return errors.New("realtime: token does not grant share data " + quoteForError(shareDataID))
 }

@@ -555,7 +555,7 @@ func (c *Client) serve(conn *Conn) *CloseError {
 		m, derr := DecodeServerMessage(b)
 		if derr != nil {
 			c.log.Warn("realtime: invalid message from the server", "err", derr)
-			conn.Close(CloseInvalidMessage, derr.Error())
+			conn.Close(CloseInvalidMessage, closeReasonOf(derr))
 			continue
 		}
 		c.dispatch(m)

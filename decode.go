@@ -12,7 +12,7 @@ import (
 
 // ErrInvalidMessage is matched, with errors.Is, by every error that
 // DecodeClientMessage and DecodeServerMessage return.
-var ErrInvalidMessage = errors.New("invalid message")
+var ErrInvalidMessage = errors.New("realtime: invalid message")
 
 // DecodeError says why a message was refused: which field and why, in one
 // short line (at most 123 bytes, so it fits the reason of a close frame,
@@ -24,6 +24,21 @@ type DecodeError struct {
 }
 
 func (e *DecodeError) Error() string {
+	return "realtime: invalid message: " + e.closeReason()
+}
+
+// closeReasonOf is a decoding error as the reason of a 4004 close.
+func closeReasonOf(err error) string {
+	var de *DecodeError
+	if errors.As(err, &de) {
+		return de.closeReason()
+	}
+	return truncateReason(peerText(err))
+}
+
+// closeReason is the error as the close reason of a 4004: the field and
+// why, cut to fit a close frame.
+func (e *DecodeError) closeReason() string {
 	return truncateReason(e.Field + ": " + e.Reason)
 }
 

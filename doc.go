@@ -74,6 +74,19 @@
 // Each field's doc says what its default and its "none" are; none of the
 // defaults is off, except MaxConnections, whose default is no limit.
 //
+// # Errors
+//
+// Every error text starts with the layer it comes from: "websocket: " for
+// Accept, Dial and Conn, "realtime: " for the rest, so a log line says
+// where to look. Decide by value, never by text: the sentinels (ErrClosed,
+// ErrInvalidMessage, ErrUnknownShareData, ErrReplayCursorNotFound, ...)
+// match with errors.Is, and the typed errors with errors.As: *CloseError
+// (CloseCodeOf reads its code), *HandshakeError, *AuthError,
+// *DecodeError, *ErrorMessage (a Propose or Ping the server answered with
+// an error frame; decide by its Code), *ProposalError and
+// *SubscriptionError. Texts sent to a peer (refusal reasons, error-frame
+// messages, close reasons) leave the "realtime: " prefix out.
+//
 // # Exposing a server
 //
 // Serve through an http.Server with ReadHeaderTimeout, IdleTimeout and

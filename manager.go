@@ -19,12 +19,12 @@ import (
 // Errors of managers and function resolution.
 var (
 	// ErrUnknownShareData: no share data item has that id.
-	ErrUnknownShareData = errors.New("unknown share data")
+	ErrUnknownShareData = errors.New("realtime: unknown share data")
 	// ErrShareDataExists: Create was given an id already in use.
-	ErrShareDataExists = errors.New("share data already exists")
+	ErrShareDataExists = errors.New("realtime: share data already exists")
 	// ErrUnknownFunction: the share data has no function with that id
 	// reachable over the wire.
-	ErrUnknownFunction = errors.New("unknown function")
+	ErrUnknownFunction = errors.New("realtime: unknown function")
 )
 
 // Function computes a share data item's next state from its current state
@@ -287,7 +287,7 @@ func (m *MemoryManager) Apply(ctx context.Context, shareDataID string, fn Functi
 	}
 	proposed, err := normalizeState(proposed)
 	if err != nil {
-		return nil, fmt.Errorf("proposed data: %w", err)
+		return nil, fmt.Errorf("realtime: proposed data: %w", err)
 	}
 	it, err := m.lockLive(shareDataID)
 	if err != nil {
@@ -299,7 +299,7 @@ func (m *MemoryManager) Apply(ctx context.Context, shareDataID string, fn Functi
 		return nil, err
 	}
 	if next, err = normalizeState(next); err != nil {
-		return nil, fmt.Errorf("function %s returned %w", quoteForError(fn.ID), err)
+		return nil, fmt.Errorf("realtime: function %s returned %w", quoteForError(fn.ID), err)
 	}
 	tx := &Transaction{
 		ShareDataID:  shareDataID,
@@ -399,11 +399,11 @@ func normalizeState(s json.RawMessage) (json.RawMessage, error) {
 	sc.ws()
 	// Level 2: in a message, the state sits inside the envelope.
 	if _, _, reason := sc.value(2); reason != "" {
-		return nil, fmt.Errorf("state is not valid JSON: %s", reason)
+		return nil, fmt.Errorf("realtime: state is not valid JSON: %s", reason)
 	}
 	sc.ws()
 	if sc.pos != len(s) || !validUTF8(s) {
-		return nil, errors.New("state is not one valid JSON value")
+		return nil, errors.New("realtime: state is not one valid JSON value")
 	}
 	return compactJSON(s), nil
 }

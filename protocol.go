@@ -3,6 +3,7 @@ package realtime
 import (
 	"encoding/json"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -413,6 +414,13 @@ func appendJSONString(dst []byte, s string) []byte {
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+// peerText is err's text as a peer reads it (a refusal reason, an error
+// frame's message): without the "realtime: " prefix that tells Go callers
+// where an error came from, which would only be noise on the wire.
+func peerText(err error) string {
+	return strings.TrimPrefix(err.Error(), "realtime: ")
 }
 
 // quoteForError quotes s for an error text, cut to 32 bytes so errors stay

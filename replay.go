@@ -15,7 +15,7 @@ import (
 // server then sends an error frame with code "replay-cursor-not-found" and
 // skips the replay; the client still has the current state from the state
 // frame before it.
-var ErrReplayCursorNotFound = errors.New("replay cursor not found")
+var ErrReplayCursorNotFound = errors.New("realtime: replay cursor not found")
 
 // ReplayRecord is one retained transaction: its id, its predecessor's id,
 // and the replayed transaction message, encoded once (with "replayed":true

@@ -287,7 +287,7 @@ func (s *session) serve() {
 		}
 		m, err := DecodeClientMessage(msg)
 		if err != nil {
-			s.close(CloseInvalidMessage, err.Error(), true)
+			s.close(CloseInvalidMessage, closeReasonOf(err), true)
 			continue
 		}
 		s.dispatch(m)
@@ -319,7 +319,7 @@ func (s *session) subscribe(m *SubscribeMessage) {
 	id := m.ShareDataID
 	if az := srv.opts.AuthorizeSubscribe; az != nil {
 		if err := az(s.ctx, s.auth, id); err != nil {
-			s.send(&ErrorMessage{Code: CodeForbidden, Message: err.Error(), ShareDataID: id})
+			s.send(&ErrorMessage{Code: CodeForbidden, Message: peerText(err), ShareDataID: id})
 			return
 		}
 	}
@@ -375,7 +375,7 @@ func (s *session) propose(m *ProposeMessage) {
 	}
 	if az := srv.opts.AuthorizePropose; az != nil {
 		if err := az(s.ctx, s.auth, m.ShareDataID, m.FunctionID); err != nil {
-			reject(err.Error())
+			reject(peerText(err))
 			return
 		}
 	}
@@ -385,12 +385,12 @@ func (s *session) propose(m *ProposeMessage) {
 	}
 	fn, err := srv.opts.ResolveFunction(s.ctx, m.ShareDataID, m.FunctionID)
 	if err != nil {
-		reject(err.Error())
+		reject(peerText(err))
 		return
 	}
 	tx, err := srv.manager.Apply(s.ctx, m.ShareDataID, fn, m.ProposedData)
 	if err != nil {
-		reject(err.Error())
+		reject(peerText(err))
 		return
 	}
 	srv.stats.proposalsAccepted.Add(1)
