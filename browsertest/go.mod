@@ -4,7 +4,7 @@ go 1.26.0
 
 require (
 	github.com/chromedp/chromedp v0.23.0
-	github.com/degenerate/realtime v0.0.0
+	github.com/degenerate/realtime v0.1.0
 	github.com/golang-jwt/jwt/v5 v5.3.1
 )
 
@@ -14,5 +14,3 @@ require (
 	golang.org/x/net v0.62.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 )
-
-replace github.com/degenerate/realtime => ../

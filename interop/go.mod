@@ -4,7 +4,7 @@ go 1.26.0
 
 require (
 	github.com/coder/websocket v1.8.15
-	github.com/degenerate/realtime v0.0.0
+	github.com/degenerate/realtime v0.1.0
 	github.com/gorilla/websocket v1.5.3
 )
 
@@ -13,5 +13,3 @@ require (
 	golang.org/x/net v0.62.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 )
-
-replace github.com/degenerate/realtime => ../

@@ -3,7 +3,7 @@ module github.com/degenerate/realtime/redisrt
 go 1.26.0
 
 require (
-	github.com/degenerate/realtime v0.0.0
+	github.com/degenerate/realtime v0.1.0
 	github.com/redis/go-redis/v9 v9.23.0
 )
 
@@ -15,5 +15,3 @@ require (
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 )
-
-replace github.com/degenerate/realtime => ../
