@@ -86,7 +86,7 @@ func BenchmarkFanOut(b *testing.B) {
 func benchFanOutRealtime(b *testing.B, subs int) {
 	mgr := NewMemoryManager()
 	set := Function{ID: "set", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) { return p, nil }}
-	mgr.Create("doc", benchState(0), set)
+	mgr.Create(context.Background(), "doc", benchState(0), set)
 	srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1, Logger: quietLogger})
 	hs := httptest.NewServer(srv)
 	defer hs.Close()
@@ -231,7 +231,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		}, false)
 		ours := measureConns(b, n, func() (string, func()) {
 			mgr := NewMemoryManager()
-			mgr.Create("doc", json.RawMessage(`{"count":0}`))
+			mgr.Create(context.Background(), "doc", json.RawMessage(`{"count":0}`))
 			srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1, Logger: quietLogger})
 			hs := httptest.NewServer(srv)
 			return hs.Listener.Addr().String(), func() {

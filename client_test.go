@@ -34,7 +34,7 @@ type restartable struct {
 
 func newRestartable(t *testing.T, opts ServerOptions) *restartable {
 	mgr := NewMemoryManager()
-	mgr.Create("doc", json.RawMessage(`{"count":0}`), testFunctions...)
+	mgr.Create(context.Background(), "doc", json.RawMessage(`{"count":0}`), testFunctions...)
 	if opts.ResolveFunction == nil {
 		opts.ResolveFunction = IDFunctionResolver(mgr)
 	}

@@ -198,7 +198,7 @@ func (l *gateListener) Accept() (net.Conn, error) {
 // 4001.
 func TestFastReaderBehindLargeBatch(t *testing.T) {
 	mgr := NewMemoryManager()
-	mgr.Create("doc", json.RawMessage(`{"count":0}`), testFunctions...)
+	mgr.Create(context.Background(), "doc", json.RawMessage(`{"count":0}`), testFunctions...)
 	srv := NewServer(mgr, &ServerOptions{Logger: quietLogger})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

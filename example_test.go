@@ -60,7 +60,7 @@ func ExampleNewJWTAuthenticator() {
 		panic(err)
 	}
 	mgr := realtime.NewMemoryManager()
-	mgr.Create("counter", json.RawMessage(`{"count":0}`), increment)
+	mgr.Create(context.Background(), "counter", json.RawMessage(`{"count":0}`), increment)
 	srv := realtime.NewServer(mgr, &realtime.ServerOptions{
 		Authenticate:       authenticate,
 		AuthorizeSubscribe: realtime.ShareDataAudienceAuthorizer,
@@ -110,7 +110,7 @@ func ExampleNewJWTAuthenticator() {
 // Go client.
 func Example() {
 	mgr := realtime.NewMemoryManager()
-	mgr.Create("counter", json.RawMessage(`{"count":0}`), increment)
+	mgr.Create(context.Background(), "counter", json.RawMessage(`{"count":0}`), increment)
 	srv := realtime.NewServer(mgr, &realtime.ServerOptions{
 		ResolveFunction: realtime.IDFunctionResolver(mgr),
 	})
@@ -163,7 +163,7 @@ func Example() {
 // the server replays what it missed, marked Replayed.
 func ExampleClient_replay() {
 	mgr := realtime.NewMemoryManager()
-	mgr.Create("counter", json.RawMessage(`{"count":0}`), increment)
+	mgr.Create(context.Background(), "counter", json.RawMessage(`{"count":0}`), increment)
 	srv := realtime.NewServer(mgr, nil)
 	var current atomic.Pointer[realtime.Server] // the server now answering
 	current.Store(srv)
@@ -225,8 +225,8 @@ func ExampleFunctionResolver() {
 	}
 
 	mgr := realtime.NewMemoryManager()
-	mgr.Create("acme/counter", json.RawMessage(`{"count":3}`))
-	mgr.Create("free/counter", json.RawMessage(`{"count":3}`))
+	mgr.Create(context.Background(), "acme/counter", json.RawMessage(`{"count":3}`))
+	mgr.Create(context.Background(), "free/counter", json.RawMessage(`{"count":3}`))
 	srv := realtime.NewServer(mgr, &realtime.ServerOptions{ResolveFunction: resolve})
 	hs := httptest.NewServer(srv)
 	defer hs.Close()
@@ -267,7 +267,7 @@ func (s *countingStore) Replay(ctx context.Context, id, since, until string) ([]
 func ExampleReplayStore() {
 	store := &countingStore{MemoryReplayStore: realtime.NewMemoryReplayStore(10)}
 	mgr := realtime.NewMemoryManager()
-	mgr.Create("counter", json.RawMessage(`{"count":0}`), increment)
+	mgr.Create(context.Background(), "counter", json.RawMessage(`{"count":0}`), increment)
 	srv := realtime.NewServer(mgr, &realtime.ServerOptions{ReplayStore: store})
 	hs := httptest.NewServer(srv)
 	defer hs.Close()

@@ -83,7 +83,7 @@ func runFaults(t *testing.T, seed uint64) faultReport {
 	// fills the server's queue rather than the kernel's, as on a real
 	// network where the bytes in flight are few.
 	rs.wrap = func(ln net.Listener) net.Listener { return smallSendBuffers{ln} }
-	if err := rs.mgr.Create("other", json.RawMessage(`{"count":0}`), testFunctions...); err != nil {
+	if err := rs.mgr.Create(context.Background(), "other", json.RawMessage(`{"count":0}`), testFunctions...); err != nil {
 		t.Fatal(err)
 	}
 	var slowCloses atomic.Int64 // 4001 closes, of servers already stopped

@@ -348,7 +348,7 @@ func honestIdleClients(t *testing.T, hs *httptest.Server, n, wantPings int, conn
 // blocked one is closed for not answering.
 func TestHostileBlockedPeerHeartbeat(t *testing.T) {
 	mgr := NewMemoryManager()
-	if err := mgr.Create("doc", json.RawMessage(`{"count":0}`), testFunctions...); err != nil {
+	if err := mgr.Create(context.Background(), "doc", json.RawMessage(`{"count":0}`), testFunctions...); err != nil {
 		t.Fatal(err)
 	}
 	const interval = 100 * time.Millisecond

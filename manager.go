@@ -194,7 +194,7 @@ func NewMemoryManager() *MemoryManager {
 
 // Create adds a share data item with an initial state (valid JSON; nil
 // means null) and its functions.
-func (m *MemoryManager) Create(shareDataID string, state json.RawMessage, fns ...Function) error {
+func (m *MemoryManager) Create(ctx context.Context, shareDataID string, state json.RawMessage, fns ...Function) error {
 	st, err := normalizeState(state)
 	if err != nil {
 		return err
@@ -318,7 +318,7 @@ func (m *MemoryManager) Apply(ctx context.Context, shareDataID string, fn Functi
 // Update replaces the item's state outside the transaction flow; the
 // subscribers get a lifecycle "updated" frame. The last transaction id does
 // not change.
-func (m *MemoryManager) Update(shareDataID string, state json.RawMessage) error {
+func (m *MemoryManager) Update(ctx context.Context, shareDataID string, state json.RawMessage) error {
 	st, err := normalizeState(state)
 	if err != nil {
 		return err
@@ -336,7 +336,7 @@ func (m *MemoryManager) Update(shareDataID string, state json.RawMessage) error 
 
 // Remove deletes the item; the subscribers get a lifecycle "removed" frame
 // and their subscriptions end.
-func (m *MemoryManager) Remove(shareDataID string) error {
+func (m *MemoryManager) Remove(ctx context.Context, shareDataID string) error {
 	it, err := m.lockLive(shareDataID)
 	if err != nil {
 		return err

@@ -59,7 +59,7 @@ func startRTServer(t testing.TB, opts *ServerOptions, withResolver bool) *rtServ
 	t.Helper()
 	mgr := NewMemoryManager()
 	for _, id := range []string{"doc", "other"} {
-		if err := mgr.Create(id, json.RawMessage(`{"count":0}`), testFunctions...); err != nil {
+		if err := mgr.Create(context.Background(), id, json.RawMessage(`{"count":0}`), testFunctions...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -259,7 +259,7 @@ func TestSubscribeProposeAndFanOut(t *testing.T) {
 
 func TestProposeRefusals(t *testing.T) {
 	mgr := NewMemoryManager()
-	mgr.Create("doc", nil, testFunctions...)
+	mgr.Create(context.Background(), "doc", nil, testFunctions...)
 	cases := []struct {
 		name string
 		opts ServerOptions
@@ -461,7 +461,7 @@ func TestReplay(t *testing.T) {
 		c.c.Close(CloseNormalClosure, "")
 	})
 	t.Run("since from the start of a young item", func(t *testing.T) {
-		rs.mgr.Create("young", json.RawMessage(`0`), testFunctions...)
+		rs.mgr.Create(context.Background(), "young", json.RawMessage(`0`), testFunctions...)
 		tx, _ := rs.mgr.Apply(ctx, "young", set, json.RawMessage(`1`))
 		c := dialRT(t, rs.url, nil)
 		c.send(&SubscribeMessage{ShareDataID: "young", Since: "", HasSince: true})
@@ -507,7 +507,7 @@ func TestLifecycle(t *testing.T) {
 	c := dialRT(t, rs.url, nil)
 	c.subscribe("doc")
 	c.subscribe("other")
-	if err := rs.mgr.Update("doc", json.RawMessage(`{"count": 100}`)); err != nil {
+	if err := rs.mgr.Update(context.Background(), "doc", json.RawMessage(`{"count": 100}`)); err != nil {
 		t.Fatal(err)
 	}
 	lc := nextAs[*LifecycleMessage](c)
@@ -522,7 +522,7 @@ func TestLifecycle(t *testing.T) {
 	last := rs.mgr // keep the cursor for the replay check below
 	snap, _ := last.Snapshot(context.Background(), "doc")
 
-	if err := rs.mgr.Remove("doc"); err != nil {
+	if err := rs.mgr.Remove(context.Background(), "doc"); err != nil {
 		t.Fatal(err)
 	}
 	if lc := nextAs[*LifecycleMessage](c); lc.Event != LifecycleRemoved || lc.ShareDataID != "doc" || lc.CurrentState != nil {
@@ -531,7 +531,7 @@ func TestLifecycle(t *testing.T) {
 	waitFor(t, func() bool { return rs.Stats().Subscriptions == 1 }) // the doc subscription ended
 	// The replay window went with it: a new item of the same id does not
 	// replay the old history.
-	rs.mgr.Create("doc", json.RawMessage(`0`), testFunctions...)
+	rs.mgr.Create(context.Background(), "doc", json.RawMessage(`0`), testFunctions...)
 	c.send(&SubscribeMessage{ShareDataID: "doc", Since: snap.LastTransactionID, HasSince: true})
 	if st := nextAs[*StateMessage](c); string(st.CurrentState) != "0" {
 		t.Fatalf("%s", st.AppendJSON(nil))

@@ -115,7 +115,7 @@ func newCluster(t *testing.T, window int) *cluster { return newClusterB(t, windo
 
 func newClusterB(t testing.TB, window int) *cluster {
 	mgr := realtime.NewMemoryManager()
-	mgr.Create("doc", json.RawMessage(`{"count":0}`), increment)
+	mgr.Create(context.Background(), "doc", json.RawMessage(`{"count":0}`), increment)
 	rdb := redis.NewClient(&redis.Options{Addr: redisAddr, MaxRetries: -1})
 	opts := Options{Prefix: "t-" + strings.ReplaceAll(t.Name(), "/", "-"), ReplayBufferSize: window, Logger: quiet}
 	c := &cluster{mgr: mgr, rdb: rdb, store: NewReplayStore(rdb, opts)}
@@ -329,7 +329,7 @@ func TestWindowBoundedInRedis(t *testing.T) {
 	if n := c.rdb.LLen(context.Background(), key).Val(); n != 20 {
 		t.Fatalf("window holds %d records, want 20", n)
 	}
-	c.mgr.Remove("doc")
+	c.mgr.Remove(context.Background(), "doc")
 	if n := c.rdb.Exists(context.Background(), key).Val(); n != 0 {
 		t.Fatal("the window outlived its share data")
 	}

@@ -35,8 +35,8 @@ const (
 //     and "clear".
 func NewManager() *realtime.MemoryManager {
 	m := realtime.NewMemoryManager()
-	m.Create("demo", json.RawMessage(`{"count":0}`), Set, Increment)
-	m.Create("board", json.RawMessage(`{"items":[]}`), Add, Clear)
+	m.Create(context.Background(), "demo", json.RawMessage(`{"count":0}`), Set, Increment)
+	m.Create(context.Background(), "board", json.RawMessage(`{"items":[]}`), Add, Clear)
 	return m
 }
 

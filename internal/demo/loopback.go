@@ -126,7 +126,7 @@ func Loopback(ctx context.Context, out io.Writer) error {
 	}
 
 	// 5. lifecycle: updated, then removed (terminal).
-	if err := mgr.Update("demo", json.RawMessage(`{"count":0,"note":"reset"}`)); err != nil {
+	if err := mgr.Update(context.Background(), "demo", json.RawMessage(`{"count":0,"note":"reset"}`)); err != nil {
 		return err
 	}
 	lc, err := next[*realtime.LifecycleMessage](demo)
@@ -134,12 +134,12 @@ func Loopback(ctx context.Context, out io.Writer) error {
 		return fmt.Errorf("lifecycle updated: got %v %v", describe(lc), err)
 	}
 	ok("lifecycle updated: state %s", lc.CurrentState)
-	mgr.Create("scratch", json.RawMessage(`[]`))
+	mgr.Create(context.Background(), "scratch", json.RawMessage(`[]`))
 	scratch, _ := client.Subscribe("scratch", nil)
 	if _, err := next[*realtime.StateMessage](scratch); err != nil {
 		return fmt.Errorf("subscribe scratch: %w", err)
 	}
-	mgr.Remove("scratch")
+	mgr.Remove(context.Background(), "scratch")
 	lc, err = next[*realtime.LifecycleMessage](scratch)
 	if err != nil || lc.Event != realtime.LifecycleRemoved {
 		return fmt.Errorf("lifecycle removed: got %v %v", describe(lc), err)
