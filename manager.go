@@ -167,11 +167,8 @@ type MemoryManager struct {
 	seq       atomic.Uint64
 	mu        sync.RWMutex
 	items     map[string]*memItem
-	listeners atomic.Pointer[[]*listener]
-	lmu       sync.Mutex // serializes changes to listeners
+	listeners listenerSet
 }
-
-type listener struct{ fn func(Event) }
 
 type memItem struct {
 	mu      sync.Mutex
@@ -353,36 +350,49 @@ func (m *MemoryManager) Remove(ctx context.Context, shareDataID string) error {
 
 // Listen implements Manager. Listeners are called synchronously, under the
 // item's lock.
-func (m *MemoryManager) Listen(fn func(Event)) (cancel func()) {
+func (m *MemoryManager) Listen(fn func(Event)) (cancel func()) { return m.listeners.add(fn) }
+
+func (m *MemoryManager) notify(ev Event) { m.listeners.notify(ev) }
+
+// listenerSet is a manager's listeners: notify reads the list without a
+// lock (it runs on every event), add and cancel copy it.
+type listenerSet struct {
+	list atomic.Pointer[[]*listener]
+	mu   sync.Mutex // serializes changes to list
+}
+
+type listener struct{ fn func(Event) }
+
+func (ls *listenerSet) add(fn func(Event)) (cancel func()) {
 	l := &listener{fn: fn}
-	m.lmu.Lock()
+	ls.mu.Lock()
 	var next []*listener
-	if cur := m.listeners.Load(); cur != nil {
+	if cur := ls.list.Load(); cur != nil {
 		next = append(next, *cur...)
 	}
 	next = append(next, l)
-	m.listeners.Store(&next)
-	m.lmu.Unlock()
+	ls.list.Store(&next)
+	ls.mu.Unlock()
 	var once sync.Once
 	return func() {
 		once.Do(func() {
-			m.lmu.Lock()
-			defer m.lmu.Unlock()
-			cur := *m.listeners.Load()
+			ls.mu.Lock()
+			defer ls.mu.Unlock()
+			cur := *ls.list.Load()
 			next := make([]*listener, 0, len(cur))
 			for _, x := range cur {
 				if x != l {
 					next = append(next, x)
 				}
 			}
-			m.listeners.Store(&next)
+			ls.list.Store(&next)
 		})
 	}
 }
 
-func (m *MemoryManager) notify(ev Event) {
-	if ls := m.listeners.Load(); ls != nil {
-		for _, l := range *ls {
+func (ls *listenerSet) notify(ev Event) {
+	if cur := ls.list.Load(); cur != nil {
+		for _, l := range *cur {
 			l.fn(ev)
 		}
 	}

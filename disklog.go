@@ -1,0 +1,238 @@
+package realtime
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// This file is the DiskManager's storage format: checksummed records, the
+// log and snapshot files they live in, and reading them back after a
+// crash. It knows nothing of listeners or the commit pipeline
+// (diskmanager.go).
+//
+// A record is an 8-byte header, the payload's length and its CRC-32C
+// (both big-endian uint32), and the payload, one JSON object. A directory
+// holds generations: snap-N is the state of every item when log-N began,
+// and log-N the records since. Opening loads the newest snapshot and
+// replays the logs from its generation on.
+
+// maxDiskRecord bounds one record's payload: a length past it is
+// corruption, not a record to allocate for.
+const maxDiskRecord = 1 << 30
+
+const diskHeaderSize = 8
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// diskRecord is the payload of every record. Op says which fields count:
+//
+//	create: ID, State                    an item was created (version 0)
+//	tx:     ID, V, Tx, Prev, Fn, Proposed, State
+//	update: ID, V, State
+//	remove: ID, V
+//	item:   ID, V, State, Last, Window   (snapshot files) one item
+//	end:    Count                        (snapshot files) the last record
+type diskRecord struct {
+	Op       string          `json:"op"`
+	ID       string          `json:"id,omitempty"`
+	V        uint64          `json:"v,omitempty"`
+	Tx       string          `json:"tx,omitempty"`
+	Prev     string          `json:"prev,omitempty"`
+	Fn       string          `json:"fn,omitempty"`
+	Proposed json.RawMessage `json:"proposed,omitempty"`
+	State    json.RawMessage `json:"state,omitempty"`
+	Last     string          `json:"last,omitempty"`
+	Window   []diskTx        `json:"window,omitempty"`
+	Count    int             `json:"count,omitempty"`
+}
+
+// diskTx is one transaction of a snapshot's replay window.
+type diskTx struct {
+	ID       string          `json:"id"`
+	Prev     string          `json:"prev,omitempty"`
+	Fn       string          `json:"fn,omitempty"`
+	Proposed json.RawMessage `json:"proposed"`
+}
+
+// appendDiskRecord appends r, framed, to dst.
+func appendDiskRecord(dst []byte, r *diskRecord) ([]byte, error) {
+	payload, err := json.Marshal(r)
+	if err != nil {
+		return dst, err
+	}
+	if len(payload) > maxDiskRecord {
+		return dst, fmt.Errorf("realtime: disk manager: a record of %d bytes is over the %d-byte limit", len(payload), maxDiskRecord)
+	}
+	var hdr [diskHeaderSize]byte
+	binary.BigEndian.PutUint32(hdr[0:4], uint32(len(payload)))
+	binary.BigEndian.PutUint32(hdr[4:8], crc32.Checksum(payload, crcTable))
+	dst = append(dst, hdr[:]...)
+	return append(dst, payload...), nil
+}
+
+// CorruptError reports a DiskManager directory that cannot be opened as it
+// is: a record that fails its checksum or does not follow from the ones
+// before it, anywhere but at the end of the newest log (where a crash
+// mid-write leaves a torn record, which is cut off instead).
+type CorruptError struct {
+	File   string // the file's path
+	Offset int64  // where the bad record starts
+	Reason string // what is wrong with it
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("realtime: disk manager: %s at offset %d: %s; refusing to open rather than serve a wrong state", e.File, e.Offset, e.Reason)
+}
+
+// scanResult is what scanRecords read from one file.
+type scanResult struct {
+	good int64 // the offset after the last whole, valid record
+	// bad is set when a record at good fails: torn says the failure
+	// reaches the end of the file (a crash mid-write), so cutting the
+	// file at good loses only what was never acknowledged.
+	bad  string
+	torn bool
+}
+
+// scanRecords reads the records of data in order, calling fn for each.
+// It stops at the first record that is cut short or fails its checksum or
+// its JSON, and says whether the rest of the file is that record alone (or
+// zeros, which a file system may leave past the last write after a crash).
+// An error from fn stops the scan and is returned.
+func scanRecords(data []byte, fn func(off int64, r *diskRecord) error) (scanResult, error) {
+	off := 0
+	for off < len(data) {
+		rest := data[off:]
+		if len(rest) < diskHeaderSize {
+			return scanResult{good: int64(off), bad: "a record header cut short", torn: true}, nil
+		}
+		n := binary.BigEndian.Uint32(rest[0:4])
+		sum := binary.BigEndian.Uint32(rest[4:8])
+		if n == 0 && sum == 0 && allZero(rest) {
+			return scanResult{good: int64(off), bad: "zeros after the last record", torn: true}, nil
+		}
+		if n > maxDiskRecord {
+			return scanResult{good: int64(off), bad: "a record length of " + strconv.FormatUint(uint64(n), 10) + " bytes", torn: false}, nil
+		}
+		if int(n) > len(rest)-diskHeaderSize { // len(rest) >= header: cannot underflow
+			return scanResult{good: int64(off), bad: "a record cut short", torn: true}, nil
+		}
+		end := diskHeaderSize + int(n)
+		payload := rest[diskHeaderSize:end]
+		if crc32.Checksum(payload, crcTable) != sum {
+			return scanResult{good: int64(off), bad: "a record that fails its checksum", torn: end == len(rest)}, nil
+		}
+		var r diskRecord
+		if err := json.Unmarshal(payload, &r); err != nil {
+			return scanResult{good: int64(off), bad: "a record that is not valid JSON: " + err.Error(), torn: false}, nil
+		}
+		if err := fn(int64(off), &r); err != nil {
+			return scanResult{}, err
+		}
+		off += end
+	}
+	return scanResult{good: int64(off)}, nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Generation files: snap-N and log-N, N in 16 hex digits so that names
+// sort by generation.
+func genName(kind string, gen uint64) string {
+	return fmt.Sprintf("%s-%016x", kind, gen)
+}
+
+// listGenerations returns the generations of the snapshots and logs in
+// dir, ascending, and removes the temporary files an interrupted
+// compaction left.
+func listGenerations(dir string) (snaps, logs []uint64, err error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasSuffix(name, ".tmp") {
+			if err := os.Remove(filepath.Join(dir, name)); err != nil {
+				return nil, nil, err
+			}
+			continue
+		}
+		kind, hex, ok := strings.Cut(name, "-")
+		if !ok || len(hex) != 16 {
+			continue
+		}
+		gen, perr := strconv.ParseUint(hex, 16, 64)
+		if perr != nil {
+			continue
+		}
+		switch kind {
+		case "snap":
+			snaps = append(snaps, gen)
+		case "log":
+			logs = append(logs, gen)
+		}
+	}
+	sort.Slice(snaps, func(i, j int) bool { return snaps[i] < snaps[j] })
+	sort.Slice(logs, func(i, j int) bool { return logs[i] < logs[j] })
+	return snaps, logs, nil
+}
+
+// writeFileSynced writes data to path through a temporary file, fsyncs it,
+// renames it into place and fsyncs the directory, so path holds either
+// nothing or all of data after a crash.
+func writeFileSynced(path string, write func(w io.Writer) error) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	err = write(f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// syncDir makes a directory's entries (a created, renamed or removed
+// file) durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if errors.Is(err, os.ErrInvalid) {
+		return nil // file systems that cannot sync a directory
+	}
+	return err
+}
