@@ -56,4 +56,3 @@ func TestDiskManagerCompacted(t *testing.T) {
 			return open(t, dm.Dir())
 		})
 }
-
