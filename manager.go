@@ -111,13 +111,32 @@ type Event struct {
 }
 
 // Manager is the store of share data that a Server serves. Any store can
-// implement it: MemoryManager is the in-memory one; in production, a
-// database behind the same three methods.
+// implement it: MemoryManager keeps share data in memory, DiskManager in a
+// directory; a manager over a database or a shared store (the redisrt
+// module's) lets several instances serve the same data.
 //
-// The contract the server's guarantees rest on: for each share data item,
-// listeners are called with its events in order, with Version increasing by
-// one each time, one event at a time; and an event is delivered to every
-// listener before a Snapshot that reflects it returns.
+// The contract the server's delivery guarantees rest on, per share data
+// item (realtimetest.TestManager checks it):
+//
+//   - Order. Each listener is called with the item's events one at a time,
+//     in order, each once, Version one more than the one before (1 for the
+//     first event of the item's life).
+//   - Snapshots. A Snapshot at Version v reflects exactly the events
+//     numbered up to v; its LastTransactionID is the last transaction
+//     among them.
+//   - Freshness. A Snapshot is never behind an event that was delivered to
+//     a listener before Snapshot was called. It may be ahead of events not
+//     delivered yet, and events may arrive while it runs: a manager over a
+//     shared store hears of other instances' changes asynchronously.
+//   - Chain. A transaction's PreviousID is the ID of the one before it on
+//     the same item; ids are unique, also across restarts.
+//
+// Within it the server never loses continuity: events a subscriber's
+// snapshot already reflects are dropped, events that arrive while it joins
+// are held and follow its snapshot, and only an event that skips a version
+// (one lost on the way) closes the subscriber, with 4001, so its client
+// resubscribes with since and is replayed. MemoryManager and DiskManager
+// deliver each event before the call that caused it returns.
 type Manager interface {
 	// Snapshot returns the item's current state. It returns an error
 	// matching ErrUnknownShareData when there is no such item.

@@ -34,6 +34,8 @@ func main() {
 	readLimit := flag.Int64("read-limit", 0, "largest client message, in bytes, past which the connection is closed with 1009; 0 means the default (64 KiB)")
 	jwtSecret := flag.String("jwt-secret", "", "turn on the JWT bridge with this HMAC (HS256) secret; clients need a token with aud SHAREDATA")
 	jwtIssuer := flag.String("jwt-issuer", "realtime-demo", "the issuer (iss) trusted with -jwt-secret")
+	dataDir := flag.String("data", "realtime-data", "directory that keeps the share data, so they survive a restart or a crash")
+	inMemory := flag.Bool("memory", false, "keep the share data in memory only (lost when the demo stops), instead of in -data")
 	flag.Parse()
 
 	if *loopback {
@@ -48,8 +50,26 @@ func main() {
 	}
 
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	mgr := demo.NewManager()
+	var mgr demo.Store
+	var replayStore realtime.ReplayStore // nil: the server's in-memory window
+	if *inMemory {
+		mgr = realtime.NewMemoryManager()
+	} else {
+		dm, err := realtime.OpenDiskManager(*dataDir, &realtime.DiskManagerOptions{ReplayWindow: *replayWindow, Logger: logger})
+		if err != nil {
+			logger.Error("opening the data directory", "dir", *dataDir, "err", err)
+			os.Exit(1)
+		}
+		defer dm.Close()
+		mgr, replayStore = dm, dm // the window is on disk too, so a restart replays what pages missed
+		fmt.Printf("share data kept in %s (-memory to keep them in memory only)\n", *dataDir)
+	}
+	if err := demo.Populate(context.Background(), mgr); err != nil {
+		logger.Error("creating the demo's share data", "err", err)
+		os.Exit(1)
+	}
 	opts := &realtime.ServerOptions{
+		ReplayStore:       replayStore,
 		ResolveFunction:   realtime.IDFunctionResolver(mgr),
 		HeartbeatInterval: *heartbeat,
 		ReplayBufferSize:  *replayWindow,
@@ -83,7 +103,9 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	shutdownDone := make(chan struct{})
 	go func() {
+		defer close(shutdownDone)
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -94,4 +116,5 @@ func main() {
 		logger.Error("serve", "err", err)
 		os.Exit(1)
 	}
+	<-shutdownDone
 }

@@ -25,7 +25,18 @@ const (
 	MaxItemLength = 200
 )
 
-// NewManager returns a manager holding the demo's share data:
+// Store is what the demo's share data live in: realtime.MemoryManager or
+// realtime.DiskManager.
+type Store interface {
+	realtime.Manager
+	realtime.FunctionLookup
+	Create(ctx context.Context, shareDataID string, state json.RawMessage, fns ...realtime.Function) error
+	AddFunction(shareDataID string, fn realtime.Function) error
+}
+
+// Populate gives m the demo's share data, creating the items that do not
+// exist yet and registering the functions of those that do (a DiskManager
+// reopened after a restart keeps the data, and functions are code):
 //
 //   - "demo", state {"count":0}, with function "set" (the state becomes
 //     proposedData, any JSON value) and "increment" (adds proposedData's
@@ -33,10 +44,37 @@ const (
 //   - "board", state {"items":[]}, a shared list, with function "add"
 //     (proposedData {"text": "..."} appends an item, keeping the last 50)
 //     and "clear".
+func Populate(ctx context.Context, m Store) error {
+	items := []struct {
+		id    string
+		state string
+		fns   []realtime.Function
+	}{
+		{"demo", `{"count":0}`, []realtime.Function{Set, Increment}},
+		{"board", `{"items":[]}`, []realtime.Function{Add, Clear}},
+	}
+	for _, it := range items {
+		err := m.Create(ctx, it.id, json.RawMessage(it.state), it.fns...)
+		if errors.Is(err, realtime.ErrShareDataExists) {
+			for _, fn := range it.fns {
+				if err := m.AddFunction(it.id, fn); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// NewManager returns an in-memory manager holding the demo's share data
+// (see Populate).
 func NewManager() *realtime.MemoryManager {
 	m := realtime.NewMemoryManager()
-	m.Create(context.Background(), "demo", json.RawMessage(`{"count":0}`), Set, Increment)
-	m.Create(context.Background(), "board", json.RawMessage(`{"items":[]}`), Add, Clear)
+	Populate(context.Background(), m)
 	return m
 }
 

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/degenerate/realtime"
+)
+
+// demoProcess is the demo binary running with a data directory.
+type demoProcess struct {
+	cmd  *exec.Cmd
+	addr string
+}
+
+var listening = regexp.MustCompile(`open http://([0-9.:]+)/`)
+
+func startDemo(t *testing.T, bin, dir string) *demoProcess {
+	t.Helper()
+	cmd := exec.Command(bin, "-addr", "127.0.0.1:0", "-data", dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if m := listening.FindStringSubmatch(sc.Text()); m != nil {
+			go func() {
+				for sc.Scan() {
+				}
+			}()
+			return &demoProcess{cmd: cmd, addr: m[1]}
+		}
+	}
+	t.Fatal("the demo ended before it listened")
+	return nil
+}
+
+// count subscribes to "demo" and returns its count.
+func count(t *testing.T, addr string) (float64, *realtime.Client, *realtime.Subscription) {
+	t.Helper()
+	c, err := realtime.NewClient("ws://"+addr+"/realtime", &realtime.ClientOptions{ReconnectMin: 10 * time.Millisecond, ReconnectMax: 100 * time.Millisecond,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := c.Subscribe("demo", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-sub.Messages():
+		st, ok := m.(*realtime.StateMessage)
+		if !ok {
+			t.Fatalf("first message %T", m)
+		}
+		var s struct{ Count float64 }
+		json.Unmarshal(st.CurrentState, &s)
+		return s.Count, c, sub
+	case <-ctx.Done():
+		t.Fatal("no state")
+	}
+	return 0, nil, nil
+}
+
+// TestDemoRestartKeepsData runs the demo binary over a data directory,
+// increments its counter, stops it (SIGTERM, then SIGKILL the second
+// time) and starts it again: the counter is still there. (The replay of
+// what a subscribed client missed across a restart is
+// TestServerRestartReplaysFromDisk in the root package.)
+func TestDemoRestartKeepsData(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "realtime-demo")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "data")
+	want := 0.0
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		p := startDemo(t, bin, dir)
+		got, c, _ := count(t, p.addr)
+		if got != want {
+			t.Fatalf("before %v: count %v, want %v", sig, got, want)
+		}
+		for range 3 {
+			if _, err := c.Propose(t.Context(), "demo", "increment", json.RawMessage(`{"by":2}`)); err != nil {
+				t.Fatal(err)
+			}
+			want += 2
+		}
+		c.Close()
+		p.cmd.Process.Signal(sig)
+		p.cmd.Wait()
+		p = startDemo(t, bin, dir)
+		if got, _, _ := count(t, p.addr); got != want {
+			t.Fatalf("after %v and a restart: count %v, want %v", sig, got, want)
+		}
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		p.cmd.Wait()
+	}
+}
