@@ -22,7 +22,7 @@ import (
 // Defaults of DiskManagerOptions.
 const (
 	defaultDiskReplayWindow = 100
-	defaultCompactAfter     = 64 << 20
+	defaultCompactAfter     = 16 << 20
 )
 
 // errDiskClosed is returned by a DiskManager's calls after Close.
@@ -38,7 +38,7 @@ type DiskManagerOptions struct {
 	ReplayWindow int
 	// CompactAfterBytes is the log size past which the manager starts a new
 	// log and writes a snapshot of every item in the background, then
-	// deletes the old log. Zero means 64 MiB. Negative means never: the
+	// deletes the old log. Zero means 16 MiB. Negative means never: the
 	// log grows without bound.
 	CompactAfterBytes int64
 	// UnsafeNoSync skips the fsync after each write. A crash of the process

@@ -9,9 +9,11 @@
 //
 // # Where to start
 //
-//   - Server: keep your share data in a Manager (MemoryManager is the
-//     in-memory one), make a Server with NewServer and mount it:
-//     mux.Handle("/realtime", srv). See the package example.
+//   - Server: keep your share data in a Manager (MemoryManager in memory,
+//     DiskManager in a directory, surviving restarts and crashes), make a
+//     Server with NewServer and mount it: mux.Handle("/realtime", srv).
+//     See the package example. realtimetest.TestManager checks a manager
+//     of your own.
 //   - Go client: NewClient, Subscribe, Connect, Propose. It reconnects by
 //     itself and resubscribes with a cursor.
 //   - Authentication: NewJWTAuthenticator with ShareDataAudienceAuthorizer
@@ -67,8 +69,9 @@
 //
 // Every constructor takes its required arguments as parameters and its
 // options as a pointer whose nil means the defaults (NewServer, NewClient,
-// Accept, Dial). Every options struct (ServerOptions, ClientOptions,
-// AcceptOptions, DialOptions, ConnOptions, JWTOptions) follows one rule
+// Accept, Dial, OpenDiskManager). Every options struct (ServerOptions,
+// ClientOptions, AcceptOptions, DialOptions, ConnOptions, JWTOptions,
+// DiskManagerOptions) follows one rule
 // for its numbers and durations: zero means the documented default, and a
 // negative value means none: no limit, no timeout, no wait, no window.
 // Each field's doc says what its default and its "none" are; none of the

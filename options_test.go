@@ -30,6 +30,8 @@ func resolveOptions(v any) any {
 		return o.withDefaults()
 	case JWTOptions:
 		return o.withDefaults()
+	case DiskManagerOptions:
+		return o.withDefaults()
 	}
 	panic("no resolver for " + reflect.TypeOf(v).String())
 }
@@ -102,7 +104,7 @@ func TestOptionDefaults(t *testing.T) {
 		}
 	}
 
-	structs := []any{ConnOptions{}, AcceptOptions{}, DialOptions{}, ServerOptions{}, ClientOptions{}, JWTOptions{}}
+	structs := []any{ConnOptions{}, AcceptOptions{}, DialOptions{}, ServerOptions{}, ClientOptions{}, JWTOptions{}, DiskManagerOptions{}}
 	for _, zero := range structs {
 		typ := reflect.TypeOf(zero)
 		fieldDocs, ok := docs[typ.Name()]
