@@ -483,6 +483,7 @@ func TestServerRestartReplaysFromDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	col := collect(sub)
+	col.waitFor(t, "the state", func(ms []ServerMessage) bool { return len(ms) > 0 })
 	var txs []*Transaction
 	for range 2 {
 		tx, err := m.Apply(t.Context(), "doc", diskIncrement, json.RawMessage(`{}`))
