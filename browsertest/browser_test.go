@@ -29,10 +29,14 @@ import (
 )
 
 // demoServer serves the demo on a fixed address and can be restarted: a
-// new realtime.Server and listener over the same manager.
+// new realtime.Server and listener over the same manager, or, with dir set,
+// over a new DiskManager reopened from the directory, as a restarted demo
+// process does.
 type demoServer struct {
 	t    *testing.T
-	mgr  *realtime.MemoryManager
+	mgr  demo.Store
+	dir  string // when set, the share data live in a DiskManager there
+	disk *realtime.DiskManager
 	addr string
 	mu   sync.Mutex
 	srv  *realtime.Server
@@ -44,7 +48,22 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 func (d *demoServer) newServer() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.srv = realtime.NewServer(d.mgr, &realtime.ServerOptions{ResolveFunction: realtime.IDFunctionResolver(d.mgr), Logger: quiet})
+	var store realtime.ReplayStore
+	if d.dir != "" {
+		if d.disk != nil {
+			d.disk.Close() // the old process is gone
+		}
+		dm, err := realtime.OpenDiskManager(d.dir, &realtime.DiskManagerOptions{Logger: quiet})
+		if err != nil {
+			d.t.Fatal(err)
+		}
+		if err := demo.Populate(context.Background(), dm); err != nil {
+			d.t.Fatal(err)
+		}
+		d.t.Cleanup(func() { dm.Close() })
+		d.disk, d.mgr, store = dm, dm, dm
+	}
+	d.srv = realtime.NewServer(d.mgr, &realtime.ServerOptions{ReplayStore: store, ResolveFunction: realtime.IDFunctionResolver(d.mgr), Logger: quiet})
 }
 
 func (d *demoServer) listen() {
@@ -160,8 +179,12 @@ func evalInt(t *testing.T, tab context.Context, js string) int {
 // proposed in one appears in the other; after the server restarts, with
 // transactions applied while it was down, both pages catch up, the missed
 // transactions arriving replayed.
+// TestDemoPageInChromium runs the demo as cmd/realtime-demo does, over a
+// DiskManager, and restarts it from its directory while two pages are
+// open: they reconnect, are replayed what was applied while it was down,
+// and show no error.
 func TestDemoPageInChromium(t *testing.T) {
-	d := &demoServer{t: t, mgr: demo.NewManager()}
+	d := &demoServer{t: t, dir: t.TempDir()}
 	d.newServer()
 	d.listen()
 	defer d.stop()
@@ -193,7 +216,8 @@ func TestDemoPageInChromium(t *testing.T) {
 	}
 	waitText(t, tab1, "tab 1", id("items"), "hello from tab 2")
 
-	// The server restarts; three transactions are applied while it is down.
+	// The demo restarts (a new manager over the directory); three
+	// transactions are applied while it is down.
 	d.stop()
 	// Each page was told 1001 (its status may already show a failed redial).
 	for i, tab := range []context.Context{tab1, tab2} {
@@ -220,12 +244,18 @@ func TestDemoPageInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitText(t, tab1, "tab 1", id("error"), "not connected")
-	d.newServer()
+	d.disk.Close() // the demo process is gone; the three land in its directory
+	down, err := realtime.OpenDiskManager(d.dir, &realtime.DiskManagerOptions{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := 0; i < 3; i++ {
-		if _, err := d.mgr.Apply(context.Background(), "demo", demo.Increment, json.RawMessage(`{"by":1}`)); err != nil {
+		if _, err := down.Apply(context.Background(), "demo", demo.Increment, json.RawMessage(`{"by":1}`)); err != nil {
 			t.Fatal(err)
 		}
 	}
+	down.Close()
+	d.newServer() // a new demo process: a new manager and server over the directory
 	d.listen()
 	for i, tab := range []context.Context{tab1, tab2} {
 		name := fmt.Sprint("tab ", i+1)
