@@ -75,7 +75,14 @@ type Options struct {
 	// ReplayBufferSize is the window per share data. Zero means 100,
 	// the root package's default; negative keeps no window.
 	ReplayBufferSize int
-	// Logger receives the registry's logs (slog.Default() when nil).
+	// MaxConflictRetries bounds how many times Manager.Apply computes a
+	// proposal again after another instance committed to the item first.
+	// Zero means 10. Negative means none: the first conflict refuses.
+	MaxConflictRetries int
+	// Logger receives the module's logs, and go-redis's own (which it
+	// would write to the standard logger): the Logger given to the first
+	// constructor of this package called in the process receives those,
+	// since go-redis has one logger per process. Nil means slog.Default().
 	Logger *slog.Logger
 }
 
@@ -88,6 +95,12 @@ func (o Options) withDefaults() Options {
 		o.ReplayBufferSize = 100
 	case o.ReplayBufferSize < 0:
 		o.ReplayBufferSize = 0
+	}
+	switch {
+	case o.MaxConflictRetries == 0:
+		o.MaxConflictRetries = 10
+	case o.MaxConflictRetries < 0:
+		o.MaxConflictRetries = 0
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -103,6 +116,7 @@ type ReplayStore struct {
 
 // NewReplayStore returns a store over rdb.
 func NewReplayStore(rdb redis.UniversalClient, opts Options) *ReplayStore {
+	useLogger(opts.withDefaults().Logger)
 	return &ReplayStore{rdb: rdb, opts: opts.withDefaults()}
 }
 
@@ -217,6 +231,8 @@ type Registry struct {
 // NewRegistry returns a registry over rdb. It subscribes to Redis when the
 // first receiver attaches.
 func NewRegistry(rdb redis.UniversalClient, opts Options) *Registry {
+	opts = opts.withDefaults()
+	useLogger(opts.Logger)
 	var b [8]byte
 	crand.Read(b[:])
 	return &Registry{rdb: rdb, opts: opts.withDefaults(), origin: hex.EncodeToString(b[:]),
@@ -382,3 +398,19 @@ func (r *Registry) raiseLost() {
 		r.deliver(realtime.Event{Kind: realtime.EventLost, ShareDataID: id})
 	}
 }
+
+// slogForRedis writes go-redis's log lines to a *slog.Logger, at Warn (it
+// logs what went wrong: a dropped connection, a failed reconnect).
+type slogForRedis struct{ l *slog.Logger }
+
+func (s slogForRedis) Printf(ctx context.Context, format string, v ...any) {
+	s.l.WarnContext(ctx, "redisrt: go-redis: "+fmt.Sprintf(format, v...))
+}
+
+var loggerOnce sync.Once
+
+// useLogger hands go-redis's logs to l, once per process: go-redis keeps
+// one logger in a package variable, which it reads without a lock, so it is
+// set before the first client of this package logs anything and never
+// changed after.
+func useLogger(l *slog.Logger) { loggerOnce.Do(func() { redis.SetLogger(slogForRedis{l}) }) }

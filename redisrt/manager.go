@@ -1,0 +1,504 @@
+package redisrt
+
+import (
+	"bytes"
+	"context"
+	crand "crypto/rand"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/degenerate/realtime"
+)
+
+// ErrConflict is matched by the error of an Apply refused because the
+// share data kept changing under it (see Options.MaxConflictRetries).
+var ErrConflict = errors.New("redisrt: the share data kept changing while the proposal was computed")
+
+// Manager keeps share data in Redis, so that every instance behind a load
+// balancer serves the same state: each item's state, version and last
+// transaction id in a hash, its replay window in a list, its events on one
+// pub/sub channel. It implements realtime.Manager (create, update, remove,
+// functions registered per process) and realtime.ReplayStore: give it to
+// realtime.NewServer as the manager and as ServerOptions.ReplayStore, with
+// the default (in-process) Registry, on every instance.
+//
+// Apply reads the item (one round trip), runs the Go function, and commits
+// with one script (a second round trip) that checks the version it read,
+// writes the new state, bumps the version, appends the transaction to the
+// window (trimmed to its size) and publishes the event, atomically. On a
+// version conflict (another instance committed first) it runs the function
+// again on the new state, at most MaxConflictRetries times, then refuses
+// the proposal with an error matching ErrConflict. Every instance, the one
+// that applied included, hears events only from the channel, so the events
+// of one item reach every instance in version order by construction.
+//
+// When Apply returns, the transaction is in Redis. It survives a Redis
+// restart only as far as Redis persists it: with appendonly yes and
+// appendfsync always, nothing acknowledged is lost; with everysec (Redis's
+// default for AOF) a crash of the Redis machine can lose up to a second of
+// acknowledged transactions; without persistence a Redis restart loses
+// every item (the instances then answer unknown-share-data).
+//
+// While the pub/sub connection is down, events are missed. When it is back
+// the manager compares each item it has seen with its version in Redis and
+// raises realtime.EventLost for those that changed meanwhile (only those):
+// the server closes their subscribers with 4001, and their clients
+// resubscribe with since and are replayed. A version that skips ahead in
+// the stream does the same for its item.
+type Manager struct {
+	rdb   redis.UniversalClient
+	opts  Options
+	store *ReplayStore
+
+	idPrefix string
+	seq      atomic.Uint64
+
+	fmu sync.Mutex
+	fns map[string]map[string]realtime.Function
+
+	lmu       sync.Mutex
+	listeners []*func(realtime.Event)
+	dmu       sync.Mutex // held while an event is delivered, so cancel waits for it
+
+	imu   sync.Mutex
+	turns map[string]chan struct{} // per item: one Apply of this process at a time
+
+	vmu      sync.Mutex
+	versions map[string]uint64 // the last version delivered (or seen in a snapshot) per item
+
+	conflicts atomic.Uint64
+
+	cancel context.CancelFunc
+	psMu   sync.Mutex
+	ps     *redis.PubSub
+	wg     sync.WaitGroup
+}
+
+// NewManager returns a manager over rdb, subscribed to its event channel:
+// it waits, within ctx, until the subscription is in place, so no event
+// published after it returns is missed. Close it after the servers that
+// use it have shut down; rdb stays the caller's.
+func NewManager(ctx context.Context, rdb redis.UniversalClient, opts Options) (*Manager, error) {
+	opts = opts.withDefaults()
+	useLogger(opts.Logger)
+	var b [10]byte
+	crand.Read(b[:])
+	m := &Manager{rdb: rdb, opts: opts, store: NewReplayStore(rdb, opts),
+		idPrefix: base32.HexEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]) + "-",
+		fns:      make(map[string]map[string]realtime.Function), versions: make(map[string]uint64),
+		turns: make(map[string]chan struct{})}
+	ps := rdb.Subscribe(ctx, m.channel())
+	if _, err := ps.Receive(ctx); err != nil { // the subscription's confirmation
+		ps.Close()
+		return nil, fmt.Errorf("redisrt: subscribing to %s: %w", m.channel(), err)
+	}
+	m.ps = ps
+	rctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	m.wg.Add(1)
+	go m.receive(rctx, ps)
+	return m, nil
+}
+
+func (m *Manager) channel() string            { return m.opts.Prefix + ":events" }
+func (m *Manager) itemKey(id string) string   { return m.opts.Prefix + ":item:" + id }
+func (m *Manager) replayKey(id string) string { return m.store.key(id) }
+
+// Close stops the manager's subscription and waits for its goroutine,
+// whether or not Redis answers.
+func (m *Manager) Close() error {
+	m.cancel()
+	m.psMu.Lock()
+	ps := m.ps
+	m.psMu.Unlock()
+	err := ps.Close() // unblocks a Receive waiting on the connection
+	m.wg.Wait()
+	return err
+}
+
+var createScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 's', ARGV[1], 'v', 0, 'l', '')
+return 1
+`)
+
+// applyScript commits a transaction computed on version ARGV[1]: state,
+// version, last id, window and event, or nothing when the version moved.
+var applyScript = redis.NewScript(`
+local v = redis.call('HGET', KEYS[1], 'v')
+if not v then return -1 end
+if v ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 's', ARGV[2], 'v', tonumber(ARGV[1]) + 1, 'l', ARGV[3])
+local n = tonumber(ARGV[5])
+if n > 0 then
+  redis.call('RPUSH', KEYS[2], ARGV[4])
+  redis.call('LTRIM', KEYS[2], -n, -1)
+end
+redis.call('PUBLISH', ARGV[6], ARGV[7])
+return 1
+`)
+
+var updateScript = redis.NewScript(`
+local v = redis.call('HGET', KEYS[1], 'v')
+if not v then return -1 end
+local nv = tonumber(v) + 1
+redis.call('HSET', KEYS[1], 's', ARGV[1], 'v', nv)
+redis.call('PUBLISH', ARGV[2], '{"k":2,"s":' .. ARGV[3] .. ',"v":' .. nv .. ',"st":' .. ARGV[1] .. '}')
+return nv
+`)
+
+var removeScript = redis.NewScript(`
+local v = redis.call('HGET', KEYS[1], 'v')
+if not v then return -1 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('PUBLISH', ARGV[1], '{"k":3,"s":' .. ARGV[2] .. ',"v":' .. (tonumber(v) + 1) .. '}')
+return 1
+`)
+
+func unknown(id string) error {
+	return fmt.Errorf("%w %q", realtime.ErrUnknownShareData, id)
+}
+
+// compactJSON checks that v is one JSON value and compacts it; nil is null.
+func compactJSON(v json.RawMessage) (json.RawMessage, error) {
+	if len(v) == 0 {
+		return json.RawMessage("null"), nil
+	}
+	var b bytes.Buffer
+	if err := json.Compact(&b, v); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+// Create adds a share data item with an initial state and registers its
+// functions in this process. It fails with realtime.ErrShareDataExists
+// when another instance (or an earlier run) created it; register the
+// functions then with AddFunction.
+func (m *Manager) Create(ctx context.Context, shareDataID string, state json.RawMessage, fns ...realtime.Function) error {
+	st, err := compactJSON(state)
+	if err != nil {
+		return fmt.Errorf("redisrt: state is not valid JSON: %w", err)
+	}
+	for _, fn := range fns {
+		if fn.ID != "" {
+			m.AddFunction(shareDataID, fn)
+		}
+	}
+	n, err := createScript.Run(ctx, m.rdb, []string{m.itemKey(shareDataID), m.replayKey(shareDataID)}, string(st)).Int()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("%w: %q", realtime.ErrShareDataExists, shareDataID)
+	}
+	return nil
+}
+
+// AddFunction registers fn on the share data in this process (functions
+// are code: each instance registers its own).
+func (m *Manager) AddFunction(shareDataID string, fn realtime.Function) error {
+	if fn.ID == "" || fn.Apply == nil {
+		return errors.New("redisrt: a function needs an ID and Apply")
+	}
+	m.fmu.Lock()
+	defer m.fmu.Unlock()
+	if m.fns[shareDataID] == nil {
+		m.fns[shareDataID] = make(map[string]realtime.Function)
+	}
+	m.fns[shareDataID][fn.ID] = fn
+	return nil
+}
+
+// Function implements realtime.FunctionLookup.
+func (m *Manager) Function(shareDataID, functionID string) (realtime.Function, bool) {
+	m.fmu.Lock()
+	defer m.fmu.Unlock()
+	fn, ok := m.fns[shareDataID][functionID]
+	return fn, ok
+}
+
+// Snapshot implements realtime.Manager: one HMGET.
+func (m *Manager) Snapshot(ctx context.Context, shareDataID string) (realtime.Snapshot, error) {
+	vals, err := m.rdb.HMGet(ctx, m.itemKey(shareDataID), "s", "v", "l").Result()
+	if err != nil {
+		return realtime.Snapshot{}, err
+	}
+	st, ok1 := vals[0].(string)
+	vs, ok2 := vals[1].(string)
+	last, _ := vals[2].(string)
+	if !ok1 || !ok2 {
+		return realtime.Snapshot{}, unknown(shareDataID)
+	}
+	v, err := strconv.ParseUint(vs, 10, 64)
+	if err != nil {
+		return realtime.Snapshot{}, fmt.Errorf("redisrt: corrupt version %q of %q", vs, shareDataID)
+	}
+	m.vmu.Lock()
+	if _, seen := m.versions[shareDataID]; !seen {
+		m.versions[shareDataID] = v // so a missed event is noticed after an outage
+	}
+	m.vmu.Unlock()
+	return realtime.Snapshot{State: json.RawMessage(st), LastTransactionID: last, Version: v}, nil
+}
+
+// Apply implements realtime.Manager (see Manager for the rounds and the
+// conflict rule). The event reaches the listeners of every instance,
+// this one included, from the channel, shortly after Apply returns.
+func (m *Manager) Apply(ctx context.Context, shareDataID string, fn realtime.Function, proposed json.RawMessage) (*realtime.Transaction, error) {
+	if fn.Apply == nil {
+		return nil, errors.New("redisrt: function has no Apply")
+	}
+	proposed, err := compactJSON(proposed)
+	if err != nil {
+		return nil, fmt.Errorf("redisrt: proposed data is not valid JSON: %w", err)
+	}
+	// One Apply per item at a time in this process, so its own appliers
+	// never conflict with each other; only another instance's commit can.
+	// Waiting for the turn gives up when ctx ends.
+	turn := m.turn(shareDataID)
+	select {
+	case turn <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-turn }()
+	keys := []string{m.itemKey(shareDataID), m.replayKey(shareDataID)}
+	for attempt := 0; ; attempt++ {
+		snap, err := m.Snapshot(ctx, shareDataID)
+		if err != nil {
+			return nil, err
+		}
+		next, err := fn.Apply(ctx, snap.State, proposed)
+		if err != nil {
+			return nil, err
+		}
+		if next, err = compactJSON(next); err != nil {
+			return nil, fmt.Errorf("redisrt: function %q returned invalid JSON: %w", fn.ID, err)
+		}
+		tx := &realtime.Transaction{ShareDataID: shareDataID, ID: m.idPrefix + strconv.FormatUint(m.seq.Add(1), 36),
+			PreviousID: snap.LastTransactionID, FunctionID: fn.ID, ProposedData: proposed, State: next}
+		msg := (&realtime.TransactionMessage{ShareDataID: shareDataID, TransactionID: tx.ID, PreviousTransactionID: tx.PreviousID,
+			FunctionID: tx.FunctionID, ProposedData: tx.ProposedData, Replayed: true}).AppendJSON(nil)
+		rec, _ := json.Marshal(record{ID: tx.ID, Prev: tx.PreviousID, Msg: string(msg)})
+		ev, _ := json.Marshal(wireEvent{Kind: int(realtime.EventTransaction), ID: shareDataID, Version: snap.Version + 1,
+			Tx: &wireTx{ID: tx.ID, Prev: tx.PreviousID, Fn: tx.FunctionID, Data: tx.ProposedData, State: tx.State}})
+		n, err := applyScript.Run(ctx, m.rdb, keys, strconv.FormatUint(snap.Version, 10), string(next), tx.ID, rec,
+			m.opts.ReplayBufferSize, m.channel(), ev).Int()
+		if err != nil {
+			return nil, err
+		}
+		switch n {
+		case 1:
+			return tx, nil
+		case -1:
+			return nil, unknown(shareDataID)
+		}
+		m.conflicts.Add(1)
+		if attempt >= m.opts.MaxConflictRetries {
+			return nil, fmt.Errorf("%w: %q changed %d times; propose again", ErrConflict, shareDataID, attempt+1)
+		}
+	}
+}
+
+func (m *Manager) turn(id string) chan struct{} {
+	m.imu.Lock()
+	defer m.imu.Unlock()
+	t := m.turns[id]
+	if t == nil {
+		t = make(chan struct{}, 1)
+		m.turns[id] = t
+	}
+	return t
+}
+
+// Update implements what MemoryManager.Update does: one script.
+func (m *Manager) Update(ctx context.Context, shareDataID string, state json.RawMessage) error {
+	st, err := compactJSON(state)
+	if err != nil {
+		return fmt.Errorf("redisrt: state is not valid JSON: %w", err)
+	}
+	id, _ := json.Marshal(shareDataID)
+	n, err := updateScript.Run(ctx, m.rdb, []string{m.itemKey(shareDataID)}, string(st), m.channel(), string(id)).Int()
+	if err != nil {
+		return err
+	}
+	if n < 0 {
+		return unknown(shareDataID)
+	}
+	return nil
+}
+
+// Remove implements what MemoryManager.Remove does: one script deletes
+// the item and its window and publishes the event.
+func (m *Manager) Remove(ctx context.Context, shareDataID string) error {
+	id, _ := json.Marshal(shareDataID)
+	n, err := removeScript.Run(ctx, m.rdb, []string{m.itemKey(shareDataID), m.replayKey(shareDataID)}, m.channel(), string(id)).Int()
+	if err != nil {
+		return err
+	}
+	if n < 0 {
+		return unknown(shareDataID)
+	}
+	return nil
+}
+
+// Listen implements realtime.Manager. Listeners are called on the
+// manager's receiving goroutine, one event at a time, in channel order.
+// Once cancel returns, fn is not called again; cancel must not be called
+// from a listener.
+func (m *Manager) Listen(fn func(realtime.Event)) (cancel func()) {
+	key := &fn
+	m.lmu.Lock()
+	m.listeners = append(m.listeners, key)
+	m.lmu.Unlock()
+	return func() {
+		m.lmu.Lock()
+		for i, l := range m.listeners {
+			if l == key {
+				m.listeners = append(m.listeners[:i:i], m.listeners[i+1:]...)
+				break
+			}
+		}
+		m.lmu.Unlock()
+		m.dmu.Lock() // an event being delivered with the old list ends first
+		m.dmu.Unlock()
+	}
+}
+
+func (m *Manager) notify(ev realtime.Event) {
+	m.dmu.Lock()
+	defer m.dmu.Unlock()
+	m.lmu.Lock()
+	ls := m.listeners
+	m.lmu.Unlock()
+	for _, l := range ls {
+		(*l)(ev)
+	}
+}
+
+// Append implements realtime.ReplayStore. It does nothing: Apply's script
+// appends each transaction to the window.
+func (m *Manager) Append(ctx context.Context, shareDataID string, rec realtime.ReplayRecord) error {
+	return nil
+}
+
+// Replay implements realtime.ReplayStore from the window in Redis.
+func (m *Manager) Replay(ctx context.Context, shareDataID, since, until string) ([]realtime.ReplayRecord, error) {
+	return m.store.Replay(ctx, shareDataID, since, until)
+}
+
+// Drop implements realtime.ReplayStore. It does nothing: Remove's script
+// deletes the window.
+func (m *Manager) Drop(ctx context.Context, shareDataID string) error { return nil }
+
+// receive delivers the channel's events to the listeners until ctx ends,
+// checking versions after every reconnection.
+func (m *Manager) receive(ctx context.Context, ps *redis.PubSub) {
+	defer m.wg.Done()
+	lost := false
+	for {
+		msg, err := ps.Receive(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if !lost {
+				lost = true
+				m.opts.Logger.Warn("redisrt: lost the Redis subscription; checking versions once it is back", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		switch msg := msg.(type) {
+		case *redis.Subscription:
+			if msg.Kind == "subscribe" && lost {
+				lost = false
+				m.checkVersions(ctx)
+			}
+		case *redis.Message:
+			var w wireEvent
+			if err := json.Unmarshal([]byte(msg.Payload), &w); err != nil {
+				m.opts.Logger.Error("redisrt: undecodable event", "err", err)
+				continue
+			}
+			m.handle(w)
+		}
+	}
+}
+
+// handle delivers one event in order: a version already delivered is
+// dropped, one that skips ahead raises EventLost for its item first.
+func (m *Manager) handle(w wireEvent) {
+	ev := realtime.Event{Kind: realtime.EventKind(w.Kind), ShareDataID: w.ID, Version: w.Version, State: w.State}
+	if w.Tx != nil {
+		ev.Transaction = &realtime.Transaction{ShareDataID: w.ID, ID: w.Tx.ID, PreviousID: w.Tx.Prev,
+			FunctionID: w.Tx.Fn, ProposedData: w.Tx.Data, State: w.Tx.State}
+	}
+	m.vmu.Lock()
+	last, seen := m.versions[w.ID]
+	switch {
+	case ev.Kind == realtime.EventRemoved:
+		delete(m.versions, w.ID)
+	case seen && ev.Version <= last:
+		m.vmu.Unlock()
+		return // reflected already (a snapshot read after it was published)
+	default:
+		m.versions[w.ID] = ev.Version
+	}
+	m.vmu.Unlock()
+	if seen && ev.Version > last+1 && ev.Kind != realtime.EventRemoved {
+		m.opts.Logger.Warn("redisrt: events of a share data were missed; its subscribers resubscribe", "share_data_id", w.ID, "after", last, "got", ev.Version)
+		m.notify(realtime.Event{Kind: realtime.EventLost, ShareDataID: w.ID})
+	}
+	m.notify(ev)
+}
+
+// checkVersions compares every item this manager has seen with Redis, and
+// raises EventLost for those that changed while the subscription was down.
+func (m *Manager) checkVersions(ctx context.Context) {
+	m.vmu.Lock()
+	ids := make([]string, 0, len(m.versions))
+	for id := range m.versions {
+		ids = append(ids, id)
+	}
+	m.vmu.Unlock()
+	changed := 0
+	for _, id := range ids {
+		vs, err := m.rdb.HGet(ctx, m.itemKey(id), "v").Result()
+		m.vmu.Lock()
+		last, seen := m.versions[id]
+		var v uint64
+		switch {
+		case err == redis.Nil:
+			delete(m.versions, id)
+		case err != nil:
+			m.vmu.Unlock()
+			m.notify(realtime.Event{Kind: realtime.EventLost, ShareDataID: id}) // cannot tell: assume lost
+			changed++
+			continue
+		default:
+			v, _ = strconv.ParseUint(vs, 10, 64)
+			m.versions[id] = v
+		}
+		m.vmu.Unlock()
+		if seen && (err == redis.Nil || v != last) {
+			m.notify(realtime.Event{Kind: realtime.EventLost, ShareDataID: id})
+			changed++
+		}
+	}
+	m.opts.Logger.Warn("redisrt: subscribed to Redis again", "share_data_checked", len(ids), "changed_meanwhile", changed)
+}
