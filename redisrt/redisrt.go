@@ -60,6 +60,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -80,9 +81,9 @@ type Options struct {
 	// Zero means 10. Negative means none: the first conflict refuses.
 	MaxConflictRetries int
 	// Logger receives the module's logs, and go-redis's own (which it
-	// would write to the standard logger): the Logger given to the first
-	// constructor of this package called in the process receives those,
-	// since go-redis has one logger per process. Nil means slog.Default().
+	// would write to the standard logger): go-redis has one logger per
+	// process, so the Logger of the latest constructor of this package
+	// receives those. Nil means slog.Default().
 	Logger *slog.Logger
 }
 
@@ -124,13 +125,24 @@ func (s *ReplayStore) key(shareDataID string) string {
 	return s.opts.Prefix + ":replay:" + shareDataID
 }
 
-// appendScript appends a record unless the list already ends with it (an
-// event published twice), and trims the list to the capacity, atomically.
+// appendScript appends a record and trims the list to the capacity,
+// atomically, keeping the list one chain: a record already in it (an event
+// published twice) is skipped, and a record whose predecessor is not the
+// list's last (two instances appending at nearly the same moment, in the
+// wrong order) starts the list anew from it, so a replay across the break
+// is refused (replay-cursor-not-found) rather than served out of order.
 var appendScript = redis.NewScript(`
 local last = redis.call('LINDEX', KEYS[1], -1)
 if last then
   local rec = cjson.decode(last)
   if rec.id == ARGV[1] then return 0 end
+  if rec.id ~= ARGV[4] then
+    local all = redis.call('LRANGE', KEYS[1], 0, -1)
+    for _, r in ipairs(all) do
+      if cjson.decode(r).id == ARGV[1] then return 0 end
+    end
+    redis.call('DEL', KEYS[1])
+  end
 end
 redis.call('RPUSH', KEYS[1], ARGV[2])
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
@@ -152,7 +164,7 @@ func (s *ReplayStore) Append(ctx context.Context, shareDataID string, rec realti
 	if err != nil {
 		return err
 	}
-	return appendScript.Run(ctx, s.rdb, []string{s.key(shareDataID)}, rec.TransactionID, b, s.opts.ReplayBufferSize).Err()
+	return appendScript.Run(ctx, s.rdb, []string{s.key(shareDataID)}, rec.TransactionID, b, s.opts.ReplayBufferSize, rec.PreviousTransactionID).Err()
 }
 
 // Replay implements realtime.ReplayStore: one LRANGE of at most the
@@ -225,6 +237,7 @@ type Registry struct {
 	started   bool
 	ready     chan struct{} // closed once subscribed the first time
 	cancel    context.CancelFunc
+	ps        *redis.PubSub
 	wg        sync.WaitGroup
 }
 
@@ -310,13 +323,17 @@ func (r *Registry) Attach(receive func(realtime.Event)) (detach func()) {
 	}
 }
 
-// Close stops the subscription to Redis and waits for its goroutine.
+// Close stops the subscription to Redis and waits for its goroutine,
+// whether or not the Redis client is still open.
 func (r *Registry) Close() error {
 	r.mu.Lock()
-	cancel := r.cancel
+	cancel, ps := r.cancel, r.ps
 	r.mu.Unlock()
 	if cancel != nil {
 		cancel()
+	}
+	if ps != nil {
+		ps.Close() // Receive waits on the connection and would not see ctx end
 	}
 	r.wg.Wait()
 	return nil
@@ -329,6 +346,9 @@ func (r *Registry) subscribe(ctx context.Context) {
 	defer r.wg.Done()
 	ps := r.rdb.Subscribe(ctx, r.channel())
 	defer ps.Close()
+	r.mu.Lock()
+	r.ps = ps
+	r.mu.Unlock()
 	subscribed, lost := false, false
 	var readyOnce sync.Once
 	for {
@@ -399,18 +419,25 @@ func (r *Registry) raiseLost() {
 	}
 }
 
-// slogForRedis writes go-redis's log lines to a *slog.Logger, at Warn (it
-// logs what went wrong: a dropped connection, a failed reconnect).
-type slogForRedis struct{ l *slog.Logger }
-
-func (s slogForRedis) Printf(ctx context.Context, format string, v ...any) {
-	s.l.WarnContext(ctx, "redisrt: go-redis: "+fmt.Sprintf(format, v...))
-}
+// redisLogger receives go-redis's log lines, which go-redis would write to
+// the standard logger: the Logger of the latest constructor of this
+// package, since go-redis has one logger per process.
+var redisLogger atomic.Pointer[slog.Logger]
 
 var loggerOnce sync.Once
 
-// useLogger hands go-redis's logs to l, once per process: go-redis keeps
-// one logger in a package variable, which it reads without a lock, so it is
-// set before the first client of this package logs anything and never
-// changed after.
-func useLogger(l *slog.Logger) { loggerOnce.Do(func() { redis.SetLogger(slogForRedis{l}) }) }
+// slogForRedis writes go-redis's lines to redisLogger, at Warn (go-redis
+// logs what went wrong: a dropped connection, a truncated duration).
+type slogForRedis struct{}
+
+func (slogForRedis) Printf(ctx context.Context, format string, v ...any) {
+	redisLogger.Load().WarnContext(ctx, "redisrt: go-redis: "+fmt.Sprintf(format, v...))
+}
+
+// useLogger makes l receive go-redis's logs. go-redis keeps its logger in a
+// package variable that it reads without a lock, so it is set once, to a
+// forwarder, and l is swapped atomically behind it.
+func useLogger(l *slog.Logger) {
+	redisLogger.Store(l)
+	loggerOnce.Do(func() { redis.SetLogger(slogForRedis{}) })
+}
