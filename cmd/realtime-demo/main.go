@@ -23,6 +23,8 @@ import (
 
 	"github.com/degenerate/realtime"
 	"github.com/degenerate/realtime/internal/demo"
+	"github.com/degenerate/realtime/redisrt"
+	"github.com/redis/go-redis/v9"
 )
 
 func main() {
@@ -36,6 +38,7 @@ func main() {
 	jwtIssuer := flag.String("jwt-issuer", "realtime-demo", "the issuer (iss) trusted with -jwt-secret")
 	dataDir := flag.String("data", "realtime-data", "directory that keeps the share data, so they survive a restart or a crash")
 	inMemory := flag.Bool("memory", false, "keep the share data in memory only (lost when the demo stops), instead of in -data")
+	redisAddr := flag.String("redis", "", "keep the share data in this Redis (host:port) instead, so several demo processes serve the same counter and board")
 	flag.Parse()
 
 	if *loopback {
@@ -52,9 +55,23 @@ func main() {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	var mgr demo.Store
 	var replayStore realtime.ReplayStore // nil: the server's in-memory window
-	if *inMemory {
+	switch {
+	case *redisAddr != "":
+		rdb := redis.NewClient(&redis.Options{Addr: *redisAddr})
+		defer rdb.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		rm, err := redisrt.NewManager(ctx, rdb, redisrt.Options{Prefix: "realtime-demo", Logger: logger})
+		cancel()
+		if err != nil {
+			logger.Error("connecting to Redis", "addr", *redisAddr, "err", err)
+			os.Exit(1)
+		}
+		defer rm.Close()
+		mgr, replayStore = rm, rm
+		fmt.Printf("share data kept in Redis at %s: every demo started with -redis %s serves the same ones\n", *redisAddr, *redisAddr)
+	case *inMemory:
 		mgr = realtime.NewMemoryManager()
-	} else {
+	default:
 		dm, err := realtime.OpenDiskManager(*dataDir, &realtime.DiskManagerOptions{ReplayWindow: *replayWindow, Logger: logger})
 		if err != nil {
 			logger.Error("opening the data directory", "dir", *dataDir, "err", err)

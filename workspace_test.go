@@ -1,0 +1,87 @@
+package realtime
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestWorkspaceReplacesReleasedVersions: a nested module requires a
+// released version of another module of this repository, and go.work must
+// replace that version with the directory. Without it the go command
+// fetches the released go.mod to build the module graph, which fails on a
+// fresh machine (an empty module cache) before the release is published.
+func TestWorkspaceReplacesReleasedVersions(t *testing.T) {
+	work, err := os.ReadFile("go.work")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uses []string
+	replaced := map[string]bool{} // "path version"
+	block := ""
+	for _, line := range strings.Split(string(work), "\n") {
+		line = strings.TrimSpace(line)
+		if i := strings.Index(line, "//"); i >= 0 {
+			line = strings.TrimSpace(line[:i])
+		}
+		switch {
+		case line == "":
+			continue
+		case strings.HasSuffix(line, "("):
+			block = strings.TrimSpace(strings.TrimSuffix(line, "("))
+			continue
+		case line == ")":
+			block = ""
+			continue
+		}
+		f := strings.Fields(line)
+		if block == "" && len(f) > 1 {
+			block, f = f[0], f[1:]
+			if block == "use" {
+				uses = append(uses, f[0])
+			} else if block == "replace" && len(f) >= 2 {
+				replaced[f[0]+" "+f[1]] = true
+			}
+			block = ""
+			continue
+		}
+		switch block {
+		case "use":
+			uses = append(uses, f[0])
+		case "replace":
+			if len(f) >= 2 {
+				replaced[f[0]+" "+f[1]] = true
+			}
+		}
+	}
+	paths := map[string]bool{}
+	for _, dir := range uses {
+		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, _, _ := strings.Cut(string(b), "\n")
+		paths[strings.TrimPrefix(first, "module ")] = true
+	}
+	if !paths["github.com/degenerate/realtime"] {
+		t.Fatalf("go.work does not use the root module: %v", uses)
+	}
+	checked := 0
+	for _, dir := range uses {
+		b, _ := os.ReadFile(filepath.Join(dir, "go.mod"))
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "require "))
+			if len(f) < 2 || !paths[f[0]] {
+				continue
+			}
+			checked++
+			if !replaced[f[0]+" "+f[1]] {
+				t.Errorf("%s/go.mod requires %s %s, which go.work does not replace with its directory", dir, f[0], f[1])
+			}
+		}
+	}
+	if checked == 0 {
+		t.Error("no nested module requires a module of the workspace")
+	}
+}
