@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -24,9 +26,9 @@ type demoProcess struct {
 
 var listening = regexp.MustCompile(`open http://([0-9.:]+)/`)
 
-func startDemo(t *testing.T, bin, dir string) *demoProcess {
+func startDemo(t *testing.T, bin, dir string, args ...string) *demoProcess {
 	t.Helper()
-	cmd := exec.Command(bin, "-addr", "127.0.0.1:0", "-data", dir)
+	cmd := exec.Command(bin, append([]string{"-addr", "127.0.0.1:0", "-data", dir}, args...)...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -88,12 +90,7 @@ func count(t *testing.T, addr string) (float64, *realtime.Client, *realtime.Subs
 // what a subscribed client missed across a restart is
 // TestServerRestartReplaysFromDisk in the root package.)
 func TestDemoRestartKeepsData(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "realtime-demo")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		t.Fatal(err)
-	}
+	bin := buildDemo(t)
 	dir := filepath.Join(t.TempDir(), "data")
 	want := 0.0
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
@@ -117,5 +114,66 @@ func TestDemoRestartKeepsData(t *testing.T) {
 		}
 		p.cmd.Process.Signal(syscall.SIGTERM)
 		p.cmd.Wait()
+	}
+}
+
+func buildDemo(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "realtime-demo")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// TestTwoDemosOnRedis runs two demo processes with -redis against a real
+// redis-server (./test.sh installs Debian's): a proposal through one is
+// seen live by a page's client on the other, and both serve the same
+// count.
+func TestTwoDemosOnRedis(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	rs := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	if err := rs.Start(); err != nil {
+		t.Fatalf("redis-server: %v (./test.sh installs Debian's redis-server)", err)
+	}
+	t.Cleanup(func() { rs.Process.Kill(); rs.Wait() })
+	addr := "127.0.0.1:" + port
+	for i := 0; ; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if i == 200 {
+			t.Fatal("redis-server did not listen")
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	bin := buildDemo(t)
+	one := startDemo(t, bin, t.TempDir(), "-redis", addr)
+	two := startDemo(t, bin, t.TempDir(), "-redis", addr)
+	_, c1, _ := count(t, one.addr)
+	start, _, sub2 := count(t, two.addr)
+	if _, err := c1.Propose(t.Context(), "demo", "increment", json.RawMessage(`{"by":2}`)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-sub2.Messages():
+		tx, ok := m.(*realtime.TransactionMessage)
+		if !ok || string(tx.CurrentState) != `{"count":`+strconv.Itoa(int(start)+2)+`}` {
+			t.Fatalf("the other demo sent %T %+v", m, m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the other demo did not send the transaction")
+	}
+	if got, _, _ := count(t, two.addr); got != start+2 {
+		t.Fatalf("the other demo serves %v, want %v", got, start+2)
 	}
 }
