@@ -75,9 +75,10 @@ const (
 	EventUpdated
 	// EventRemoved: the share data was removed; no event follows for it.
 	EventRemoved
-	// EventLost is raised by a ChannelRegistry, never by a manager: events
-	// of ShareDataID ("" for every share data) may have been lost on the
-	// way (a broker connection dropped). The server closes the connections
+	// EventLost is raised by a ChannelRegistry, or by a manager whose
+	// events travel over a network (redisrt.Manager), never for a change
+	// of its own: events of ShareDataID ("" for every share data) may have
+	// been lost on the way (a broker connection dropped). The server closes the connections
 	// subscribed to them with 4001, so their clients resubscribe with since
 	// rather than silently miss transactions.
 	EventLost

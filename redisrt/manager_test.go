@@ -29,7 +29,7 @@ func newTestManager(t *testing.T, prefix string) *Manager {
 	return m
 }
 
-func uniquePrefix(t *testing.T) string {
+func uniquePrefix(t testing.TB) string {
 	return "m-" + strings.ReplaceAll(t.Name(), "/", "-") + "-" + strconv.FormatUint(prefixSeq.Add(1), 10)
 }
 

@@ -68,18 +68,33 @@ func TestRedisInstanceProcess(t *testing.T) {
 		hs.Close()
 	}()
 	hs.Serve(ln)
+	fmt.Println("conflicts", m.conflicts.Load())
 	m.Close()
 	os.Exit(0)
 }
 
 // instance is one child process.
 type instance struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	addr  string
+	cmd       *exec.Cmd
+	stdin     io.WriteCloser
+	addr      string
+	conflicts chan uint64 // reported when it stops
 }
 
-func startInstance(t *testing.T, redisAt, prefix string) *instance {
+// stop ends the instance gracefully and returns the conflicts its
+// manager retried.
+func (in *instance) stop() uint64 {
+	in.stdin.Close()
+	select {
+	case n := <-in.conflicts:
+		in.cmd.Wait()
+		return n
+	case <-time.After(10 * time.Second):
+		return 0
+	}
+}
+
+func startInstance(t testing.TB, redisAt, prefix string) *instance {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestRedisInstanceProcess$", "-test.count=1")
 	cmd.Env = append(os.Environ(), instanceEnv+"="+redisAt+"|"+prefix)
@@ -95,7 +110,15 @@ func startInstance(t *testing.T, redisAt, prefix string) *instance {
 	for sc.Scan() {
 		if a, ok := strings.CutPrefix(sc.Text(), "listening "); ok {
 			in.addr = a
-			go io.Copy(io.Discard, out)
+			in.conflicts = make(chan uint64, 1)
+			go func() {
+				for sc.Scan() {
+					if n, ok := strings.CutPrefix(sc.Text(), "conflicts "); ok {
+						v, _ := strconv.ParseUint(n, 10, 64)
+						in.conflicts <- v
+					}
+				}
+			}()
 			return in
 		}
 	}
@@ -152,7 +175,7 @@ func (b *balancer) forward(c net.Conn) {
 	}
 }
 
-func processClient(t *testing.T, url string) *realtime.Client {
+func processClient(t testing.TB, url string) *realtime.Client {
 	t.Helper()
 	c, err := realtime.NewClient(url, &realtime.ClientOptions{ReconnectMin: 10 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
 		RequestTimeout: 5 * time.Second, Logger: quiet})

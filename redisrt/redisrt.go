@@ -1,29 +1,24 @@
-// Package redisrt runs several realtime servers as one, over Redis: a
-// realtime.ReplayStore that keeps each share data's replay window in Redis,
-// and a realtime.ChannelRegistry that carries share data events between
-// instances with Redis pub/sub. It is built on github.com/redis/go-redis/v9,
-// the Redis project's own Go client: well kept, with pipelines, scripts
-// (EVALSHA with a fallback to EVAL) and pub/sub connections that reconnect
-// and resubscribe by themselves.
+// Package redisrt runs several realtime servers as one, over Redis. It is
+// built on github.com/redis/go-redis/v9, the Redis project's own Go client.
 //
 // # The model
 //
-// The share data live in a store that every instance shares (in production
-// a database behind the realtime.Manager interface). Each transaction or
-// lifecycle event is reported by the manager of the instance that applied
-// it, and that instance alone publishes it, once: it appends the
-// transaction to the replay window in Redis and publishes the event on one
-// Redis channel. Every other instance receives it from Redis and fans it out
-// to its own subscribers, in the order of the event versions, exactly once
-// (the server drops what a subscriber's snapshot already reflects). When
-// several instances share one in-process manager value (as in tests), give
-// all but one realtime.ServerOptions.SkipManagerEvents.
+// Manager keeps the share data themselves in Redis: each item's state,
+// version and last transaction id in a hash, its replay window in a list,
+// its events on one pub/sub channel. Give it to every instance as the
+// realtime.Manager and the realtime.ReplayStore, with the server's default
+// in-process registry; every instance then hears every event from Redis,
+// in version order per item, and a client may reconnect to any instance
+// with since and be replayed. The Manager doc states the rounds per
+// transaction, the conflict rule and what survives a Redis restart.
 //
-// A client may reconnect to any instance with since: the window is read
-// from Redis, so it is replayed what it missed, or told
-// replay-cursor-not-found when the cursor is older than the window.
+// ReplayStore and Registry are the parts for a manager of your own over
+// another shared database: the store keeps the window in a Redis list, and
+// the registry carries the events that your manager reports on one
+// instance to the others (give all but one instance SkipManagerEvents when
+// they share one in-process manager value, as in tests).
 //
-// # Guarantees and failures
+// # Guarantees and failures of ReplayStore and Registry
 //
 //   - Cost per transaction: two Redis commands, each one round trip on the
 //     path of the transaction (not of any subscriber): an EVALSHA that
@@ -31,25 +26,19 @@
 //     Delivery to N subscribers on M instances costs M-1 pub/sub messages,
 //     not N.
 //   - The window is a Redis list per share data, trimmed to the capacity on
-//     every append (no unbounded list or stream), deleted when the share
-//     data is removed.
+//     every append, kept one chain (an append out of order restarts it),
+//     deleted when the share data is removed.
 //   - The publishing instance delivers to its own subscribers directly, so
 //     they keep being served when Redis is down.
-//   - When the connection to Redis drops (Redis restarts, the network
-//     fails), events published meanwhile are lost for the other instances
-//     and appends to the window fail. The registry then raises
+//   - When the connection to Redis drops, events published meanwhile are
+//     lost for the other instances. The registry then raises
 //     realtime.EventLost for every share data it has received events of
 //     from other instances: the instance closes the connections subscribed
-//     to them with 4001 when the loss is noticed and again once it is
-//     subscribed anew, and their clients resubscribe with since. They are replayed
-//     what the window still holds, or get replay-cursor-not-found and the
-//     current state: a subscriber never silently misses a transaction.
-//   - Events of different share data published by different instances are
-//     not ordered with respect to each other; those of one share data are
-//     ordered by the manager's event version. An instance that receives
-//     them out of order (possible when two instances publish for one share
-//     data at nearly the same moment) closes the affected subscriptions with
-//     4001, and their clients resubscribe with since.
+//     to them with 4001, and their clients resubscribe with since.
+//   - Events of one share data published by two instances at nearly the
+//     same moment may arrive out of order; the server closes the affected
+//     subscriptions with 4001 and their clients resubscribe. Manager does
+//     not have this problem: its events are ordered by Redis.
 package redisrt
 
 import (
