@@ -175,10 +175,17 @@ func (b *balancer) forward(c net.Conn) {
 	}
 }
 
+// fellBehind counts the 4001 closes the process tests' clients saw.
+var fellBehind atomic.Int64
+
 func processClient(t testing.TB, url string) *realtime.Client {
 	t.Helper()
 	c, err := realtime.NewClient(url, &realtime.ClientOptions{ReconnectMin: 10 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
-		RequestTimeout: 5 * time.Second, Logger: quiet})
+		RequestTimeout: 5 * time.Second, Logger: quiet, OnStateChange: func(sc realtime.StateChange) {
+			if sc.State == realtime.ClientClosed && sc.Code == realtime.CloseFellBehind {
+				fellBehind.Add(1)
+			}
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -371,6 +378,7 @@ func propose(c *realtime.Client, n int, accepted chan<- string, stop <-chan stru
 // subscriber is closed for missed events, and a client that moves from
 // one process to the other with since is replayed what it missed.
 func TestTwoProcesses(t *testing.T) {
+	closesBefore := fellBehind.Load()
 	prefix := uniquePrefix(t)
 	a, b := startInstance(t, redisAddr, prefix), startInstance(t, redisAddr, prefix)
 	fs := map[string]*chainFollower{}
@@ -408,6 +416,9 @@ func TestTwoProcesses(t *testing.T) {
 		if f.told != 0 {
 			t.Errorf("%s: told of %d gaps with no fault at all", name, f.told)
 		}
+	}
+	if n := fellBehind.Load() - closesBefore; n != 0 {
+		t.Errorf("%d clients were closed with 4001 with no fault at all (two instances proposing to one item)", n)
 	}
 
 	// A client moves from a to b with its cursor.
