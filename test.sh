@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of every module in this repository: gofmt, go vet and
 # go test -race for the root module and each nested module (interop/, ...),
-# then the allocation checks without the race detector. Whatever the tests
+# the JavaScript client's tests (js/, node --test), then the allocation
+# checks without the race detector. Whatever the tests
 # need is installed or started here, never by hand. It ends with one line
 # per module and a total: "N passed, M failed", counting tests, subtests
 # and examples.
@@ -13,11 +14,14 @@ cd "$(dirname "$0")"
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# The JavaScript client's tests (js/) run on Node's own test runner.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
-	echo "=== installing Debian's ${missing[*]} for the browser and Redis tests"
+	echo "=== installing Debian's ${missing[*]} for the browser, Redis and JavaScript tests"
 	if ! command -v apt-get >/dev/null 2>&1; then
 		echo "test.sh: missing ${missing[*]}, and there is no apt-get here to install them." >&2
-		echo "Install them with this system's package manager (Debian names: chromium, redis-server), then run ./test.sh again." >&2
+		echo "Install them with this system's package manager (Debian names: chromium, redis-server, nodejs, npm), then run ./test.sh again." >&2
 		exit 2
 	fi
 	as_root=()
@@ -81,6 +85,27 @@ for m in $modules; do
 	i=$((i + 1))
 	run "module $m" "$logs/$i.log" bash -c "cd '$m' && go test -race -count=1 -v -timeout 20m ./..."
 done
+# The JavaScript client: its test dependency (ws, pinned in
+# package-lock.json) from the npm registry, then node --test against the Go
+# test server it builds from this repository.
+echo "=== js"
+js_log="$logs/js.log"
+js_rc=0
+(cd js && npm ci --no-audit --no-fund --loglevel=error && node --test --test-reporter=tap test/) >"$js_log" 2>&1 || js_rc=$?
+grep -E '^(not ok|# (tests|pass|fail))' "$js_log" || true
+js_pass=$(grep -E '^# pass ' "$js_log" | awk '{print $3}' || true)
+js_fail=$(grep -E '^# fail ' "$js_log" | awk '{print $3}' || true)
+js_pass=${js_pass:-0}
+js_fail=${js_fail:-0}
+if [ $js_rc != 0 ]; then
+	tail -n 200 "$js_log"
+	status=1
+	if [ "$js_fail" = 0 ]; then js_fail=1; fi
+fi
+summary+=("js: $js_pass passed, $js_fail failed")
+total_pass=$((total_pass + js_pass))
+total_fail=$((total_fail + js_fail))
+
 # Allocation counts are checked without the race detector, which allocates
 # on its own.
 echo "=== allocation checks (no -race)"
