@@ -74,10 +74,13 @@ export type ConnectionState = "idle" | "connecting" | "open" | "closed" | "stopp
 
 export interface StateChange {
   state: ConnectionState;
-  /** For "closed": the close code and reason, and the wait before the next dial in ms. */
+  /** For "closed", and "stopped" by a close: the close code and reason. */
   code?: number;
   reason?: string;
+  /** For "closed": the wait before the next dial, in ms. */
   delay?: number;
+  /** For "stopped": why. */
+  error?: RealtimeError;
 }
 
 export interface WebSocketLike {

@@ -356,12 +356,12 @@ export class RealtimeClient {
     this._pending.clear();
     if (this._state === "stopped") return;
     if (code === CLOSE_INVALID_MESSAGE) {
-      this._stop(new RealtimeError("invalid-message", "the server could not read a message of this client: " + reason, { closeCode: code }));
+      this._stop(new RealtimeError("invalid-message", "the server could not read a message of this client: " + reason, { closeCode: code }), { code, reason });
       return;
     }
     if (code === CLOSE_UNAUTHORIZED) {
       if (typeof this._opts.token !== "function") {
-        this._stop(new RealtimeError("unauthorized", "the server refused the connection's token (4002): " + reason, { closeCode: code }));
+        this._stop(new RealtimeError("unauthorized", "the server refused the connection's token (4002): " + reason, { closeCode: code }), { code, reason });
         return;
       }
       this._tokenRefused = true; // redial only if the callback yields a token
@@ -379,11 +379,11 @@ export class RealtimeClient {
     this._timer = setTimeout(() => this._dial(), delay);
   }
 
-  _stop(err) {
+  _stop(err, close = {}) {
     if (this._state === "stopped") return;
     clearTimeout(this._timer);
     clearInterval(this._heartbeat);
-    this._setState("stopped", { reason: err.message });
+    this._setState("stopped", { error: err, ...close });
     for (const r of this._queue) r.fail(err);
     this._queue = [];
     for (const r of this._pending.values()) r.fail(err);

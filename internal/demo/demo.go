@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/degenerate/realtime"
+	"github.com/degenerate/realtime/js"
 )
 
 //go:embed index.html
@@ -137,6 +138,11 @@ var Clear = realtime.Function{ID: "clear", Apply: func(ctx context.Context, cur,
 func Handler(srv http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/realtime", srv)
+	mux.HandleFunc("/realtime.js", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/javascript; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Write(js.Module)
+	})
 	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
