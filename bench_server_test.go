@@ -135,11 +135,25 @@ func (c *baselineConn) writer(wg *sync.WaitGroup) {
 }
 
 func benchFanOutBaseline(b *testing.B, subs int) {
+	bl := startBaseline(b, subs)
+	defer bl.stop()
+	fanOutHarness(b, subs, bl.sw, bl.frameLen, bl.broadcast)
+}
+
+// baseline is the bare contender: subs connections held by writer
+// goroutines, with a swarm reading them.
+type baseline struct {
+	sw        *swarm
+	frameLen  int
+	broadcast func(i int)
+	stop      func()
+}
+
+func startBaseline(b *testing.B, subs int) *baseline {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer ln.Close()
 	var conns []*baselineConn
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -169,7 +183,6 @@ func benchFanOutBaseline(b *testing.B, subs int) {
 		}
 	}()
 	sw := startSwarm(b, ln.Addr().String(), subs, false)
-	defer sw.stop()
 	for i := 0; i < subs; i++ {
 		<-accepted
 	}
@@ -177,24 +190,28 @@ func benchFanOutBaseline(b *testing.B, subs int) {
 		return appendServerFrame(nil, (&TransactionMessage{ShareDataID: "doc", TransactionID: "KJE3F10F8S3P9APR-" + strconv.FormatInt(int64(i), 36),
 			PreviousTransactionID: "KJE3F10F8S3P9APR-" + strconv.FormatInt(int64(i-1), 36), FunctionID: "set", ProposedData: benchState(i), CurrentState: benchState(i)}).AppendJSON(nil))
 	}
-	fanOutHarness(b, subs, sw, len(tx(2)), func(i int) {
-		f := tx(i)
-		for _, c := range conns {
-			c.mu.Lock()
-			c.queue = append(c.queue, f)
-			c.mu.Unlock()
-			select {
-			case c.wake <- struct{}{}:
-			default:
+	return &baseline{sw: sw, frameLen: len(tx(2)),
+		broadcast: func(i int) {
+			f := tx(i)
+			for _, c := range conns {
+				c.mu.Lock()
+				c.queue = append(c.queue, f)
+				c.mu.Unlock()
+				select {
+				case c.wake <- struct{}{}:
+				default:
+				}
 			}
-		}
-	})
-	ln.Close()
-	for _, c := range conns {
-		close(c.wake)
-		c.nc.Close()
-	}
-	wg.Wait()
+		},
+		stop: func() {
+			sw.stop()
+			ln.Close()
+			for _, c := range conns {
+				close(c.wake)
+				c.nc.Close()
+			}
+			wg.Wait()
+		}}
 }
 
 // BenchmarkIdleConnectionMemory reports the memory the server process

@@ -1,0 +1,134 @@
+package realtime
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// BenchmarkSaturation ramps the publish rate to subscribers in another
+// process (the swarm) until delivery latency passes a bound or a step does
+// not drain, for the server and for the bare baseline of BenchmarkFanOut
+// at the same frame bytes, in the same run. Run it once per round:
+//
+//	go test -run=NONE -bench=Saturation -benchtime=1x -count=3 .
+//
+// Each step publishes at a fixed rate for one second; the latency of a
+// transaction is the time from its publish until the swarm has read as
+// many frames as every subscriber receiving it requires (polled every
+// millisecond, so resolution is 1 ms). A step is sustained when it drains
+// within 500 ms and its p99 is at most 50 ms. It reports, for the last
+// sustained step: deliveries/s, this process's CPU per delivery (the
+// server's alone), and p50 and p99 latency. Compare ratios between the
+// two contenders of one run; the machine is shared and noisy.
+func BenchmarkSaturation(b *testing.B) {
+	for _, subs := range []int{1000, 5000} {
+		b.Run(fmt.Sprintf("realtime/subs=%d", subs), func(b *testing.B) {
+			mgr := NewMemoryManager()
+			set := Function{ID: "set", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) { return p, nil }}
+			mgr.Create(context.Background(), "doc", benchState(0), set)
+			srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1, Logger: quietLogger})
+			hs := httptest.NewServer(srv)
+			defer hs.Close()
+			defer srv.Shutdown(context.Background())
+			sw := startSwarm(b, hs.Listener.Addr().String(), subs, true)
+			defer sw.stop()
+			ctx := context.Background()
+			saturate(b, subs, sw, func(i int) {
+				if _, err := mgr.Apply(ctx, "doc", set, benchState(i)); err != nil {
+					b.Fatal(err)
+				}
+			})
+		})
+		b.Run(fmt.Sprintf("baseline/subs=%d", subs), func(b *testing.B) {
+			bl := startBaseline(b, subs)
+			defer bl.stop()
+			saturate(b, subs, bl.sw, bl.broadcast)
+		})
+	}
+}
+
+// saturate runs the ramp against publish, reporting the last sustained
+// step.
+func saturate(b *testing.B, subs int, sw *swarm, publish func(i int)) {
+	bound := 50 * time.Millisecond
+	startRate := 20_000.0 // deliveries per second
+	if v, err := strconv.ParseFloat(os.Getenv("REALTIME_SATURATION_START"), 64); err == nil && v > 0 {
+		startRate = v
+	}
+	published := 0
+	base := sw.delivered()
+	var best struct {
+		rate, cpuNs, p50, p99 float64
+		ok                    bool
+	}
+	b.ResetTimer()
+	for rate := startRate; ; rate *= 1.25 {
+		txPerSec := rate / float64(subs)
+		n := max(1, int(txPerSec)) // one second of publishing
+		interval := time.Duration(float64(time.Second) / txPerSec)
+		sent := make([]time.Time, n)
+		lat := make([]time.Duration, 0, n)
+		first := published
+		cpu0 := cpuTime()
+		start := time.Now()
+		done := make(chan struct{})
+		go func() { // the latency monitor: which transactions every subscriber has read
+			defer close(done)
+			next := 0
+			deadline := start.Add(time.Duration(n)*interval + 500*time.Millisecond)
+			for next < n && time.Now().Before(deadline) {
+				got := sw.delivered() - base
+				now := time.Now()
+				for next < n && got >= int64(first+next+1)*int64(subs) {
+					if !sent[next].IsZero() {
+						lat = append(lat, now.Sub(sent[next]))
+					}
+					next++
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}()
+		for k := 0; k < n; k++ {
+			if d := time.Until(start.Add(time.Duration(k) * interval)); d > 0 {
+				time.Sleep(d)
+			}
+			sent[k] = time.Now()
+			publish(published)
+			published++
+		}
+		<-done
+		cpu := cpuTime() - cpu0
+		deliveries := float64(n) * float64(subs)
+		drained := len(lat) == n
+		slices.Sort(lat)
+		var p50, p99 time.Duration
+		if len(lat) > 0 {
+			p50, p99 = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
+		}
+		if !drained || p99 > bound {
+			b.Logf("%.0f deliveries/s: not sustained (drained %d of %d, p99 %v)", rate, len(lat), n, p99)
+			// Let the backlog go before the next contender or round.
+			for sw.delivered()-base < int64(published)*int64(subs) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			break
+		}
+		best.rate, best.cpuNs, best.p50, best.p99, best.ok = rate, float64(cpu.Nanoseconds())/deliveries, float64(p50)/1e6, float64(p99)/1e6, true
+		b.Logf("%.0f deliveries/s: sustained, p50 %v p99 %v, %.0f ns CPU per delivery", rate, p50, p99, best.cpuNs)
+	}
+	b.StopTimer()
+	if !best.ok {
+		b.Fatalf("not even %.0f deliveries/s sustained; lower REALTIME_SATURATION_START", startRate)
+	}
+	b.ReportMetric(best.rate, "max-deliveries/s")
+	b.ReportMetric(best.cpuNs, "cpu-ns/delivery")
+	b.ReportMetric(best.p50, "p50-ms")
+	b.ReportMetric(best.p99, "p99-ms")
+}
