@@ -76,8 +76,10 @@ type ConnOptions struct {
 	// Zero means 60 s. Negative means no timeout.
 	IdleTimeout time.Duration
 
-	// WriteTimeout bounds the writing of each frame. When it passes, the
-	// connection is closed. Zero means 10 s. Negative means no timeout.
+	// WriteTimeout bounds the writing of each frame: a write blocked for
+	// that long (or up to an eighth longer: frames written in quick
+	// succession share one deadline) closes the connection. Zero means
+	// 10 s. Negative means no timeout.
 	WriteTimeout time.Duration
 
 	// CloseTimeout bounds the close handshake: how long Close waits for
@@ -301,6 +303,11 @@ type ioDeadline struct {
 	canceled bool
 	watching bool // touched only by the goroutine doing the I/O
 	set      func(time.Time) error
+	// armed is the deadline last set by extend outside a watch (zero:
+	// none or unknown). Setting a deadline costs a timer update in the
+	// runtime; a writer that writes many batches a second sets it again
+	// only when less than the timeout is left.
+	armed time.Time
 }
 
 // aLongTimeAgo is a deadline in the past, which makes blocked I/O return.
@@ -321,6 +328,7 @@ func (d *ioDeadline) watch(ctx context.Context) func() bool {
 		d.mu.Lock()
 		if d.gen == gen {
 			d.canceled = true
+			d.armed = time.Time{}
 			d.set(aLongTimeAgo)
 		}
 		d.mu.Unlock()
@@ -338,21 +346,35 @@ func (d *ioDeadline) unwatch(stop func() bool) {
 	d.mu.Unlock()
 }
 
-// extend sets the deadline to now+timeout (none when timeout is
-// negative), unless a watched context was canceled.
+// extend makes the I/O that follows end after at least timeout (and at
+// most 9/8 of it) of blocking, or never when timeout is negative, unless a
+// watched context was canceled. Outside a watch the deadline is moved only
+// when less than timeout is left, to now + 9/8 timeout: batches written
+// in quick succession share one timer update.
 func (d *ioDeadline) extend(timeout time.Duration) {
+	if !d.watching {
+		if timeout <= 0 {
+			d.set(time.Time{})
+			d.armed = time.Time{}
+			return
+		}
+		now := time.Now()
+		if !d.armed.IsZero() && d.armed.Sub(now) >= timeout {
+			return // still at least timeout away
+		}
+		d.armed = now.Add(timeout + timeout/8)
+		d.set(d.armed)
+		return
+	}
 	var t time.Time
 	if timeout > 0 {
 		t = time.Now().Add(timeout)
-	}
-	if !d.watching {
-		d.set(t)
-		return
 	}
 	d.mu.Lock()
 	if !d.canceled {
 		d.set(t)
 	}
+	d.armed = time.Time{} // set under a watch: unknown once it ends
 	d.mu.Unlock()
 }
 
