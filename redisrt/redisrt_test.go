@@ -403,4 +403,10 @@ func TestOptionsRule(t *testing.T) {
 	if got := (Options{ReplayBufferSize: -1}).withDefaults().ReplayBufferSize; got != 0 {
 		t.Errorf("negative resolves to %d, want no window (0)", got)
 	}
+	if got := (Options{}).withDefaults().MaxConflictRetries; got != 10 {
+		t.Errorf("MaxConflictRetries: zero resolves to %d, documented 10", got)
+	}
+	if got := (Options{MaxConflictRetries: -1}).withDefaults().MaxConflictRetries; got != 0 {
+		t.Errorf("MaxConflictRetries: negative resolves to %d, want none (0)", got)
+	}
 }
