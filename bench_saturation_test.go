@@ -1,10 +1,7 @@
 package realtime
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"net/http/httptest"
 	"os"
 	"slices"
 	"strconv"
@@ -32,21 +29,9 @@ import (
 func BenchmarkSaturation(b *testing.B) {
 	for _, subs := range []int{1000, 5000} {
 		b.Run(fmt.Sprintf("realtime/subs=%d", subs), func(b *testing.B) {
-			mgr := NewMemoryManager()
-			set := Function{ID: "set", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) { return p, nil }}
-			mgr.Create(context.Background(), "doc", benchState(0), set)
-			srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1, Logger: quietLogger})
-			hs := httptest.NewServer(srv)
-			defer hs.Close()
-			defer srv.Shutdown(context.Background())
-			sw := startSwarm(b, hs.Listener.Addr().String(), subs, true)
-			defer sw.stop()
-			ctx := context.Background()
-			saturate(b, subs, sw, func(i int) {
-				if _, err := mgr.Apply(ctx, "doc", set, benchState(i)); err != nil {
-					b.Fatal(err)
-				}
-			})
+			rt := startRealtimeFanOut(b, subs)
+			defer rt.stop()
+			saturate(b, subs, rt.sw, rt.broadcast)
 		})
 		b.Run(fmt.Sprintf("baseline/subs=%d", subs), func(b *testing.B) {
 			bl := startBaseline(b, subs)

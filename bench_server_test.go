@@ -86,24 +86,36 @@ func BenchmarkFanOut(b *testing.B) {
 }
 
 func benchFanOutRealtime(b *testing.B, subs int) {
+	rt := startRealtimeFanOut(b, subs)
+	defer rt.stop()
+	fanOutHarness(b, subs, rt.sw, rt.frameLen, rt.broadcast)
+}
+
+// startRealtimeFanOut is the server contender: a Server over a
+// MemoryManager whose "doc" the swarm's subs connections subscribe to; each
+// broadcast applies one transaction.
+func startRealtimeFanOut(b *testing.B, subs int) *baseline {
 	mgr := NewMemoryManager()
 	set := Function{ID: "set", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) { return p, nil }}
 	mgr.Create(context.Background(), "doc", benchState(0), set)
 	srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1, Logger: quietLogger})
 	hs := httptest.NewServer(srv)
-	defer hs.Close()
-	defer srv.Shutdown(context.Background())
 	sw := startSwarm(b, hs.Listener.Addr().String(), subs, true)
-	defer sw.stop()
 	tx, _ := mgr.Apply(context.Background(), "doc", set, benchState(1))
 	frameLen := len(appendServerFrame(nil, (&TransactionMessage{ShareDataID: "doc", TransactionID: tx.ID, PreviousTransactionID: tx.ID,
 		FunctionID: "set", ProposedData: tx.ProposedData, CurrentState: tx.State}).AppendJSON(nil)))
 	ctx := context.Background()
-	fanOutHarness(b, subs, sw, frameLen, func(i int) {
-		if _, err := mgr.Apply(ctx, "doc", set, benchState(i)); err != nil {
-			b.Fatal(err)
-		}
-	})
+	return &baseline{sw: sw, frameLen: frameLen,
+		broadcast: func(i int) {
+			if _, err := mgr.Apply(ctx, "doc", set, benchState(i)); err != nil {
+				b.Fatal(err)
+			}
+		},
+		stop: func() {
+			sw.stop()
+			srv.Shutdown(context.Background())
+			hs.Close()
+		}}
 }
 
 // baselineConn is the bare baseline's connection: a queue of pre-encoded
@@ -140,8 +152,8 @@ func benchFanOutBaseline(b *testing.B, subs int) {
 	fanOutHarness(b, subs, bl.sw, bl.frameLen, bl.broadcast)
 }
 
-// baseline is the bare contender: subs connections held by writer
-// goroutines, with a swarm reading them.
+// baseline is a fan-out contender with the swarm reading it: the bare
+// baseline (startBaseline) or the server (startRealtimeFanOut).
 type baseline struct {
 	sw        *swarm
 	frameLen  int

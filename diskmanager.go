@@ -151,6 +151,7 @@ type diskItem struct {
 type windowEntry struct {
 	id, prev, fn string
 	proposed     json.RawMessage
+	msg          []byte // the replayed frame's payload, once a replay encoded it
 }
 
 // diskPending is one record waiting for the committer: commit applies it
@@ -675,6 +676,30 @@ func (m *DiskManager) commitChange(rec []byte, commit func()) (chan error, error
 	return p.done, nil
 }
 
+// change writes a record for the item whose head lock the caller holds:
+// it queues r, moves the head (advance) so the next change builds on it,
+// unlocks the head and waits until r is on disk. commit runs on the
+// committer after the fsync, under the item's committed lock. On a failure
+// before r is queued the head stays and the error is returned.
+func (m *DiskManager) change(it *diskItem, r *diskRecord, advance, commit func()) error {
+	rec, err := appendDiskRecord(nil, r)
+	var done chan error
+	if err == nil {
+		done, err = m.commitChange(rec, func() {
+			it.smu.Lock()
+			commit()
+			it.smu.Unlock()
+		})
+	}
+	if err != nil {
+		it.hmu.Unlock()
+		return err
+	}
+	advance()
+	it.hmu.Unlock()
+	return <-done
+}
+
 // Create adds a share data item with an initial state (valid JSON; nil
 // means null) and its functions, and returns once it is on disk.
 func (m *DiskManager) Create(ctx context.Context, shareDataID string, state json.RawMessage, fns ...Function) error {
@@ -783,47 +808,29 @@ func (m *DiskManager) Snapshot(ctx context.Context, shareDataID string) (Snapsho
 // ctx does, since returning early would leave the caller unsure whether it
 // was applied.
 func (m *DiskManager) Apply(ctx context.Context, shareDataID string, fn Function, proposed json.RawMessage) (*Transaction, error) {
-	if fn.Apply == nil {
-		return nil, errors.New("realtime: function has no Apply")
-	}
-	proposed, err := normalizeState(proposed)
+	proposed, err := checkProposal(fn, proposed)
 	if err != nil {
-		return nil, fmt.Errorf("realtime: proposed data: %w", err)
+		return nil, err
 	}
 	it, err := m.lockHead(shareDataID)
 	if err != nil {
 		return nil, err
 	}
-	next, err := fn.Apply(ctx, it.hState, proposed)
+	next, err := runFunction(ctx, fn, it.hState, proposed)
 	if err != nil {
 		it.hmu.Unlock()
 		return nil, err
-	}
-	if next, err = normalizeState(next); err != nil {
-		it.hmu.Unlock()
-		return nil, fmt.Errorf("realtime: function %s returned %w", quoteForError(fn.ID), err)
 	}
 	tx := &Transaction{ShareDataID: shareDataID, ID: m.newID(), PreviousID: it.hLast, FunctionID: fn.ID, ProposedData: proposed, State: next}
 	v := it.hVersion + 1
-	rec, err := appendDiskRecord(nil, &diskRecord{Op: "tx", ID: shareDataID, V: v, Tx: tx.ID, Prev: tx.PreviousID, Fn: fn.ID, Proposed: proposed, State: next})
+	err = m.change(it, &diskRecord{Op: "tx", ID: shareDataID, V: v, Tx: tx.ID, Prev: tx.PreviousID, Fn: fn.ID, Proposed: proposed, State: next},
+		func() { it.hState, it.hLast, it.hVersion = next, tx.ID, v },
+		func() {
+			it.state, it.last, it.version = tx.State, tx.ID, v
+			m.pushWindow(it, windowEntry{id: tx.ID, prev: tx.PreviousID, fn: tx.FunctionID, proposed: tx.ProposedData})
+			m.listeners.notify(Event{Kind: EventTransaction, ShareDataID: shareDataID, Version: v, Transaction: tx})
+		})
 	if err != nil {
-		it.hmu.Unlock()
-		return nil, err
-	}
-	done, err := m.commitChange(rec, func() {
-		it.smu.Lock()
-		it.state, it.last, it.version = tx.State, tx.ID, v
-		m.pushWindow(it, windowEntry{id: tx.ID, prev: tx.PreviousID, fn: tx.FunctionID, proposed: tx.ProposedData})
-		m.listeners.notify(Event{Kind: EventTransaction, ShareDataID: shareDataID, Version: v, Transaction: tx})
-		it.smu.Unlock()
-	})
-	if err != nil {
-		it.hmu.Unlock()
-		return nil, err
-	}
-	it.hState, it.hLast, it.hVersion = next, tx.ID, v
-	it.hmu.Unlock()
-	if err := <-done; err != nil {
 		return nil, err
 	}
 	return tx, nil
@@ -841,24 +848,12 @@ func (m *DiskManager) Update(ctx context.Context, shareDataID string, state json
 		return err
 	}
 	v := it.hVersion + 1
-	rec, err := appendDiskRecord(nil, &diskRecord{Op: "update", ID: shareDataID, V: v, State: st})
-	if err != nil {
-		it.hmu.Unlock()
-		return err
-	}
-	done, err := m.commitChange(rec, func() {
-		it.smu.Lock()
-		it.state, it.version = st, v
-		m.listeners.notify(Event{Kind: EventUpdated, ShareDataID: shareDataID, Version: v, State: st})
-		it.smu.Unlock()
-	})
-	if err != nil {
-		it.hmu.Unlock()
-		return err
-	}
-	it.hState, it.hVersion = st, v
-	it.hmu.Unlock()
-	return <-done
+	return m.change(it, &diskRecord{Op: "update", ID: shareDataID, V: v, State: st},
+		func() { it.hState, it.hVersion = st, v },
+		func() {
+			it.state, it.version = st, v
+			m.listeners.notify(Event{Kind: EventUpdated, ShareDataID: shareDataID, Version: v, State: st})
+		})
 }
 
 // Remove deletes the item, like MemoryManager.Remove, and returns once
@@ -869,29 +864,21 @@ func (m *DiskManager) Remove(ctx context.Context, shareDataID string) error {
 		return err
 	}
 	v := it.hVersion + 1
-	rec, err := appendDiskRecord(nil, &diskRecord{Op: "remove", ID: shareDataID, V: v})
+	err = m.change(it, &diskRecord{Op: "remove", ID: shareDataID, V: v},
+		func() { it.hRemoved, it.hVersion = true, v },
+		func() {
+			it.live, it.version, it.window = false, v, nil
+			m.listeners.notify(Event{Kind: EventRemoved, ShareDataID: shareDataID, Version: v})
+		})
 	if err != nil {
-		it.hmu.Unlock()
 		return err
 	}
-	done, err := m.commitChange(rec, func() {
-		it.smu.Lock()
-		it.live, it.version, it.window = false, v, nil
-		m.listeners.notify(Event{Kind: EventRemoved, ShareDataID: shareDataID, Version: v})
-		it.smu.Unlock()
-		m.mu.Lock()
-		if m.items[shareDataID] == it {
-			delete(m.items, shareDataID)
-		}
-		m.mu.Unlock()
-	})
-	if err != nil {
-		it.hmu.Unlock()
-		return err
+	m.mu.Lock() // on disk and heard of: forget the item unless it was created again
+	if m.items[shareDataID] == it {
+		delete(m.items, shareDataID)
 	}
-	it.hRemoved, it.hVersion = true, v
-	it.hmu.Unlock()
-	return <-done
+	m.mu.Unlock()
+	return nil
 }
 
 // Listen implements Manager. Listeners are called on the manager's
@@ -923,33 +910,18 @@ func (m *DiskManager) Replay(ctx context.Context, shareDataID, since, until stri
 	it.smu.Lock()
 	defer it.smu.Unlock()
 	w := it.window
-	start := -1
-	switch {
-	case len(w) == 0:
-	case w[0].prev == since:
-		start = 0
-	default:
-		for i := range w {
-			if w[i].id == since {
-				start = i + 1
-				break
-			}
-		}
-	}
-	if start < 0 {
+	start, end, ok := windowSpan(len(w), func(i int) (string, string) { return w[i].id, w[i].prev }, since, until)
+	if !ok {
 		return nil, ErrReplayCursorNotFound
 	}
-	var out []ReplayRecord
-	for _, e := range w[start:] {
-		msg := (&TransactionMessage{ShareDataID: shareDataID, TransactionID: e.id, PreviousTransactionID: e.prev,
-			FunctionID: e.fn, ProposedData: e.proposed, Replayed: true}).AppendJSON(nil)
-		out = append(out, ReplayRecord{TransactionID: e.id, PreviousTransactionID: e.prev, Message: msg})
-		if e.id == until {
-			return out, nil
+	out := make([]ReplayRecord, 0, end-start)
+	for i := start; i < end; i++ {
+		e := &w[i]
+		if e.msg == nil { // encoded once, at the first replay that needs it
+			e.msg = (&TransactionMessage{ShareDataID: shareDataID, TransactionID: e.id, PreviousTransactionID: e.prev,
+				FunctionID: e.fn, ProposedData: e.proposed, Replayed: true}).AppendJSON(nil)
 		}
-	}
-	if until != "" {
-		return nil, ErrReplayCursorNotFound
+		out = append(out, ReplayRecord{TransactionID: e.id, PreviousTransactionID: e.prev, Message: e.msg})
 	}
 	return out, nil
 }

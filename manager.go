@@ -299,24 +299,18 @@ func (m *MemoryManager) Snapshot(ctx context.Context, shareDataID string) (Snaps
 // on one item are applied one at a time, in a single order that every
 // listener sees.
 func (m *MemoryManager) Apply(ctx context.Context, shareDataID string, fn Function, proposed json.RawMessage) (*Transaction, error) {
-	if fn.Apply == nil {
-		return nil, errors.New("realtime: function has no Apply")
-	}
-	proposed, err := normalizeState(proposed)
+	proposed, err := checkProposal(fn, proposed)
 	if err != nil {
-		return nil, fmt.Errorf("realtime: proposed data: %w", err)
+		return nil, err
 	}
 	it, err := m.lockLive(shareDataID)
 	if err != nil {
 		return nil, err
 	}
 	defer it.mu.Unlock()
-	next, err := fn.Apply(ctx, it.state, proposed)
+	next, err := runFunction(ctx, fn, it.state, proposed)
 	if err != nil {
 		return nil, err
-	}
-	if next, err = normalizeState(next); err != nil {
-		return nil, fmt.Errorf("realtime: function %s returned %w", quoteForError(fn.ID), err)
 	}
 	tx := &Transaction{
 		ShareDataID:  shareDataID,
@@ -416,6 +410,32 @@ func (ls *listenerSet) notify(ev Event) {
 			l.fn(ev)
 		}
 	}
+}
+
+// checkProposal checks what every manager checks before a function runs:
+// that it has an Apply, and that proposed is JSON (compacted; nil is null).
+func checkProposal(fn Function, proposed json.RawMessage) (json.RawMessage, error) {
+	if fn.Apply == nil {
+		return nil, errors.New("realtime: function has no Apply")
+	}
+	p, err := normalizeState(proposed)
+	if err != nil {
+		return nil, fmt.Errorf("realtime: proposed data: %w", err)
+	}
+	return p, nil
+}
+
+// runFunction runs fn on current and proposed, and checks that the next
+// state it returns is JSON (compacted).
+func runFunction(ctx context.Context, fn Function, current, proposed json.RawMessage) (json.RawMessage, error) {
+	next, err := fn.Apply(ctx, current, proposed)
+	if err != nil {
+		return nil, err
+	}
+	if next, err = normalizeState(next); err != nil {
+		return nil, fmt.Errorf("realtime: function %s returned %w", quoteForError(fn.ID), err)
+	}
+	return next, nil
 }
 
 // normalizeState checks that a state is valid JSON and compacts it; nil

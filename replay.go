@@ -110,42 +110,64 @@ func (s *MemoryReplayStore) Replay(ctx context.Context, shareDataID, since, unti
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := s.rings[shareDataID]
-	if r == nil || r.count == 0 {
+	if r == nil {
 		return nil, ErrReplayCursorNotFound
 	}
-	start := -1
-	if r.at(0).PreviousTransactionID == since {
+	start, end, ok := windowSpan(r.count, func(i int) (string, string) {
+		rec := r.at(i)
+		return rec.TransactionID, rec.PreviousTransactionID
+	}, since, until)
+	if !ok {
+		return nil, ErrReplayCursorNotFound
+	}
+	out := make([]ReplayRecord, 0, end-start)
+	for i := start; i < end; i++ {
+		out = append(out, *r.at(i))
+	}
+	return out, nil
+}
+
+// windowSpan applies the rule of ReplayStore.Replay to a window of n
+// records, oldest first, whose ids and predecessors link(i) returns: the
+// records after since up to and including until (to the end when until is
+// "") are [start, end). ok is false when since is not in the window (nor
+// the oldest record's predecessor), when the records from since do not
+// chain (a hole: transactions applied while nothing recorded them), or
+// when the window does not reach until: a replay that cannot be whole is
+// not given. The stores of this package share it.
+func windowSpan(n int, link func(i int) (id, prev string), since, until string) (start, end int, ok bool) {
+	if n == 0 {
+		return 0, 0, false
+	}
+	start = -1
+	if _, prev := link(0); prev == since {
 		start = 0 // since is the oldest record's predecessor (or "" for the first)
 	} else {
-		for i := 0; i < r.count; i++ {
-			if r.at(i).TransactionID == since {
+		for i := 0; i < n; i++ {
+			if id, _ := link(i); id == since {
 				start = i + 1
 				break
 			}
 		}
 	}
 	if start < 0 {
-		return nil, ErrReplayCursorNotFound
+		return 0, 0, false
 	}
-	var out []ReplayRecord
-	prev := since
-	for i := start; i < r.count; i++ {
-		rec := r.at(i)
-		if rec.PreviousTransactionID != prev {
-			// A hole in the window (transactions applied while nothing
-			// recorded them): a replay across it would skip some.
-			return nil, ErrReplayCursorNotFound
+	cur := since
+	for i := start; i < n; i++ {
+		id, prev := link(i)
+		if prev != cur {
+			return 0, 0, false
 		}
-		out = append(out, *rec)
-		if rec.TransactionID == until {
-			return out, nil
+		if id == until {
+			return start, i + 1, true
 		}
-		prev = rec.TransactionID
+		cur = id
 	}
 	if until != "" {
-		return nil, ErrReplayCursorNotFound // the window does not reach until
+		return 0, 0, false
 	}
-	return out, nil
+	return start, n, true
 }
 
 // Drop implements ReplayStore.

@@ -12,23 +12,25 @@ func TestMemoryManager(t *testing.T) {
 	realtimetest.TestManager(t, func(t *testing.T) realtimetest.Manager { return realtime.NewMemoryManager() }, nil)
 }
 
-func TestDiskManager(t *testing.T) {
-	open := func(t *testing.T, dir string) *realtime.DiskManager {
-		m, err := realtime.OpenDiskManager(dir, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { m.Close() })
-		return m
+// openDisk opens a DiskManager on dir, closed when the test ends.
+func openDisk(t *testing.T, dir string, opts *realtime.DiskManagerOptions) *realtime.DiskManager {
+	m, err := realtime.OpenDiskManager(dir, opts)
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+func TestDiskManager(t *testing.T) {
 	realtimetest.TestManager(t,
-		func(t *testing.T) realtimetest.Manager { return open(t, t.TempDir()) },
+		func(t *testing.T) realtimetest.Manager { return openDisk(t, t.TempDir(), nil) },
 		func(t *testing.T, m realtimetest.Manager) realtimetest.Manager {
 			dm := m.(*realtime.DiskManager)
 			if err := dm.Close(); err != nil {
 				t.Fatal(err)
 			}
-			return open(t, dm.Dir())
+			return openDisk(t, dm.Dir(), nil)
 		})
 }
 
@@ -37,22 +39,14 @@ func TestDiskManager(t *testing.T) {
 // checks too.
 func TestDiskManagerCompacted(t *testing.T) {
 	opts := &realtime.DiskManagerOptions{CompactAfterBytes: 2 << 10}
-	open := func(t *testing.T, dir string) *realtime.DiskManager {
-		m, err := realtime.OpenDiskManager(dir, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { m.Close() })
-		return m
-	}
 	realtimetest.TestManager(t,
-		func(t *testing.T) realtimetest.Manager { return open(t, t.TempDir()) },
+		func(t *testing.T) realtimetest.Manager { return openDisk(t, t.TempDir(), opts) },
 		func(t *testing.T, m realtimetest.Manager) realtimetest.Manager {
 			dm := m.(*realtime.DiskManager)
 			if err := dm.Compact(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			dm.Close()
-			return open(t, dm.Dir())
+			return openDisk(t, dm.Dir(), opts)
 		})
 }

@@ -290,8 +290,7 @@ func (m *Manager) Apply(ctx context.Context, shareDataID string, fn realtime.Fun
 		msg := (&realtime.TransactionMessage{ShareDataID: shareDataID, TransactionID: tx.ID, PreviousTransactionID: tx.PreviousID,
 			FunctionID: tx.FunctionID, ProposedData: tx.ProposedData, Replayed: true}).AppendJSON(nil)
 		rec, _ := json.Marshal(record{ID: tx.ID, Prev: tx.PreviousID, Msg: string(msg)})
-		ev, _ := json.Marshal(wireEvent{Kind: int(realtime.EventTransaction), ID: shareDataID, Version: snap.Version + 1,
-			Tx: &wireTx{ID: tx.ID, Prev: tx.PreviousID, Fn: tx.FunctionID, Data: tx.ProposedData, State: tx.State}})
+		ev, _ := json.Marshal(wireOf(realtime.Event{Kind: realtime.EventTransaction, ShareDataID: shareDataID, Version: snap.Version + 1, Transaction: tx}))
 		n, err := applyScript.Run(ctx, m.rdb, keys, strconv.FormatUint(snap.Version, 10), string(next), tx.ID, rec,
 			m.opts.ReplayBufferSize, m.channel(), ev).Int()
 		if err != nil {
@@ -443,11 +442,7 @@ func (m *Manager) receive(ctx context.Context, ps *redis.PubSub) {
 // handle delivers one event in order: a version already delivered is
 // dropped, one that skips ahead raises EventLost for its item first.
 func (m *Manager) handle(w wireEvent) {
-	ev := realtime.Event{Kind: realtime.EventKind(w.Kind), ShareDataID: w.ID, Version: w.Version, State: w.State}
-	if w.Tx != nil {
-		ev.Transaction = &realtime.Transaction{ShareDataID: w.ID, ID: w.Tx.ID, PreviousID: w.Tx.Prev,
-			FunctionID: w.Tx.Fn, ProposedData: w.Tx.Data, State: w.Tx.State}
-	}
+	ev := w.event()
 	m.vmu.Lock()
 	last, seen := m.versions[w.ID]
 	switch {

@@ -373,6 +373,48 @@ func propose(c *realtime.Client, n int, accepted chan<- string, stop <-chan stru
 	}
 }
 
+// drive runs every proposer until n proposals are accepted, calling fault
+// once when at of them are, and returns the accepted ids.
+func drive(proposers []*realtime.Client, n, at int, fault func()) []string {
+	accepted := make(chan string, 10000)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, c := range proposers {
+		wg.Add(1)
+		go func() { defer wg.Done(); propose(c, 100000, accepted, stop) }()
+	}
+	var ids []string
+	for id := range accepted {
+		ids = append(ids, id)
+		if len(ids) == at {
+			fault()
+		}
+		if len(ids) == n {
+			break
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(accepted)
+	for id := range accepted {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// verify checks the history against the accepted ids and every follower
+// against the history once each has reached its end.
+func verify(t *testing.T, redisAt, prefix string, ids []string, fs map[string]*chainFollower) realtime.Snapshot {
+	t.Helper()
+	snap, hist := history(t, redisAt, prefix)
+	checkHistory(t, snap, hist, ids)
+	for name, f := range fs {
+		f.waitAt(t, name, snap.LastTransactionID)
+	}
+	checkFollowers(t, fs, hist)
+	return snap
+}
+
 // TestTwoProcesses: two instances, subscribers and concurrent proposers
 // on each to the same item. Every subscriber's chain is exact, no
 // subscriber is closed for missed events, and a client that moves from
@@ -456,36 +498,12 @@ func TestKillInstanceDuringTraffic(t *testing.T) {
 	for i := range 2 {
 		fs[fmt.Sprintf("b-%d", i)] = followChain(t, processClient(t, b.url()), nil)
 	}
-	accepted := make(chan string, 10000)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
+	var proposers []*realtime.Client
 	for _, url := range []string{lb.url(), lb.url(), b.url()} {
-		c := processClient(t, url)
-		wg.Add(1)
-		go func() { defer wg.Done(); propose(c, 1000, accepted, stop) }()
+		proposers = append(proposers, processClient(t, url))
 	}
-	var ids []string
-	for id := range accepted {
-		ids = append(ids, id)
-		if len(ids) == 100 {
-			a.kill() // mid-traffic
-		}
-		if len(ids) == 300 {
-			break
-		}
-	}
-	close(stop)
-	wg.Wait()
-	close(accepted)
-	for id := range accepted {
-		ids = append(ids, id)
-	}
-	snap, hist := history(t, redisAddr, prefix)
-	checkHistory(t, snap, hist, ids)
-	for name, f := range fs {
-		f.waitAt(t, name, snap.LastTransactionID)
-	}
-	checkFollowers(t, fs, hist)
+	ids := drive(proposers, 300, 100, a.kill) // a dies mid-traffic
+	verify(t, redisAddr, prefix, ids, fs)
 }
 
 // TestRedisRestartWithAOF: Redis (appendonly, appendfsync always) is
@@ -526,40 +544,16 @@ func TestRedisRestartWithAOF(t *testing.T) {
 			fs[fmt.Sprintf("%s-%d", in.addr, i)] = followChain(t, processClient(t, in.url()), nil)
 		}
 	}
-	accepted := make(chan string, 10000)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
+	var proposers []*realtime.Client
 	for _, in := range []*instance{a, b} {
-		c := processClient(t, in.url())
-		wg.Add(1)
-		go func() { defer wg.Done(); propose(c, 100000, accepted, stop) }()
+		proposers = append(proposers, processClient(t, in.url()))
 	}
-	var ids []string
-	restarted := false
-	for id := range accepted {
-		ids = append(ids, id)
-		if len(ids) == 100 && !restarted {
-			rs.Process.Signal(syscall.SIGKILL)
-			rs.Wait()
-			rs = start() // the same directory: the AOF is replayed
-			restarted = true
-		}
-		if len(ids) == 250 {
-			break
-		}
-	}
-	close(stop)
-	wg.Wait()
-	close(accepted)
-	for id := range accepted {
-		ids = append(ids, id)
-	}
-	snap, hist := history(t, addr, prefix)
-	checkHistory(t, snap, hist, ids)
-	for name, f := range fs {
-		f.waitAt(t, name, snap.LastTransactionID)
-	}
-	checkFollowers(t, fs, hist)
+	ids := drive(proposers, 250, 100, func() {
+		rs.Process.Signal(syscall.SIGKILL)
+		rs.Wait()
+		rs = start() // the same directory: the AOF is replayed
+	})
+	snap := verify(t, addr, prefix, ids, fs)
 	// Both instances serve the same state.
 	for _, in := range []*instance{a, b} {
 		f := followChain(t, processClient(t, in.url()), nil)

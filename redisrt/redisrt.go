@@ -253,6 +253,25 @@ type wireEvent struct {
 	State   json.RawMessage `json:"st,omitempty"`
 }
 
+// wireOf is ev as the channel carries it.
+func wireOf(ev realtime.Event) wireEvent {
+	w := wireEvent{Kind: int(ev.Kind), ID: ev.ShareDataID, Version: ev.Version, State: ev.State}
+	if tx := ev.Transaction; tx != nil {
+		w.Tx = &wireTx{ID: tx.ID, Prev: tx.PreviousID, Fn: tx.FunctionID, Data: tx.ProposedData, State: tx.State}
+	}
+	return w
+}
+
+// event is the realtime.Event that w carries.
+func (w wireEvent) event() realtime.Event {
+	ev := realtime.Event{Kind: realtime.EventKind(w.Kind), ShareDataID: w.ID, Version: w.Version, State: w.State}
+	if w.Tx != nil {
+		ev.Transaction = &realtime.Transaction{ShareDataID: w.ID, ID: w.Tx.ID, PreviousID: w.Tx.Prev,
+			FunctionID: w.Tx.Fn, ProposedData: w.Tx.Data, State: w.Tx.State}
+	}
+	return ev
+}
+
 type wireTx struct {
 	ID    string          `json:"id"`
 	Prev  string          `json:"p"`
@@ -265,10 +284,8 @@ type wireTx struct {
 // at once, the other instances through one PUBLISH.
 func (r *Registry) Publish(ctx context.Context, ev realtime.Event) error {
 	r.deliver(ev)
-	w := wireEvent{Origin: r.origin, Kind: int(ev.Kind), ID: ev.ShareDataID, Version: ev.Version, State: ev.State}
-	if tx := ev.Transaction; tx != nil {
-		w.Tx = &wireTx{ID: tx.ID, Prev: tx.PreviousID, Fn: tx.FunctionID, Data: tx.ProposedData, State: tx.State}
-	}
+	w := wireOf(ev)
+	w.Origin = r.origin
 	b, err := json.Marshal(w)
 	if err != nil {
 		return err
@@ -381,12 +398,7 @@ func (r *Registry) subscribe(ctx context.Context) {
 			r.mu.Lock()
 			r.remote[w.ID] = true
 			r.mu.Unlock()
-			ev := realtime.Event{Kind: realtime.EventKind(w.Kind), ShareDataID: w.ID, Version: w.Version, State: w.State}
-			if w.Tx != nil {
-				ev.Transaction = &realtime.Transaction{ShareDataID: w.ID, ID: w.Tx.ID, PreviousID: w.Tx.Prev,
-					FunctionID: w.Tx.Fn, ProposedData: w.Tx.Data, State: w.Tx.State}
-			}
-			r.deliver(ev)
+			r.deliver(w.event())
 		}
 	}
 }
