@@ -237,6 +237,12 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("REALTIME_IDLE_CONNS")); err == nil && v > 0 {
 		n = v
 	}
+	if os.Getenv("REALTIME_BENCH_HEAPPROFILE") != "" {
+		// Record every allocation, so the profile's bytes per connection
+		// are exact rather than sampled.
+		defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
+		runtime.MemProfileRate = 1
+	}
 	for i := 0; i < b.N; i++ {
 		bare := measureConns(b, n, func() (string, func()) {
 			ln, _ := net.Listen("tcp", "127.0.0.1:0")

@@ -1,6 +1,7 @@
 package realtime
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -161,7 +162,7 @@ func (c *Conn) fail(ce *CloseError) error {
 }
 
 // sendClose writes a close frame unless one was written already. Code 0
-// sends an empty close frame. It waits for the frame semaphore at most the
+// sends an empty close frame. It waits for the frame lock at most the
 // close timeout, since a writer may be stuck on a peer that does not read.
 func (c *Conn) sendClose(code CloseCode, reason string) error {
 	if c.isClosed() {
@@ -169,11 +170,10 @@ func (c *Conn) sendClose(code CloseCode, reason string) error {
 	}
 	timeout, stop := c.closeTimer()
 	defer stop()
-	select {
-	case c.frameSem <- struct{}{}:
-	case <-c.closed:
+	switch c.frameLock.lock(context.Background(), c.closed, timeout) {
+	case lockClosed:
 		return c.endErr()
-	case <-timeout:
+	case lockTimedOut:
 		return fmt.Errorf("websocket: close: another write held the connection for %v", c.opts.CloseTimeout)
 	}
 	defer c.releaseFrame()

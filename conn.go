@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -156,20 +157,19 @@ type Conn struct {
 	waitErr   error // met by waitReadable, reported by the next read
 	rdl       ioDeadline
 
-	// Write side. msgSem is held for a whole data message, frameSem for
-	// each frame (both are 1-slot semaphores so waits can honour a
-	// context).
-	msgSem   chan struct{}
-	frameSem chan struct{}
-	whdr     [maxHeaderSize]byte
-	wbufs    [2][]byte
-	wnb      net.Buffers
-	writev   bool          // nc gathers buffers in one system call (TCP, Unix)
-	rng      *rand.ChaCha8 // masking keys, client side only, made on first use
-	wdl      ioDeadline
+	// Write side. msgLock is held for a whole data message, frameLock
+	// for each frame.
+	msgLock   writeLock
+	frameLock writeLock
+	whdr      [maxHeaderSize]byte
+	wbufs     [2][]byte
+	wnb       net.Buffers
+	writev    bool          // nc gathers buffers in one system call (TCP, Unix)
+	rng       *rand.ChaCha8 // masking keys, client side only, made on first use
+	wdl       ioDeadline
 
 	// A pong owed to the peer and a ping to send, written by whoever next
-	// holds frameSem.
+	// holds frameLock.
 	pongMu      sync.Mutex
 	pongPending atomic.Bool
 	pingPending atomic.Bool
@@ -201,8 +201,6 @@ func newConn(nc net.Conn, client bool, subprotocol string, opts ConnOptions, pre
 		client:      client,
 		subprotocol: subprotocol,
 		opts:        opts.withDefaults(),
-		msgSem:      make(chan struct{}, 1),
-		frameSem:    make(chan struct{}, 1),
 		closeRecv:   make(chan struct{}),
 		closed:      make(chan struct{}),
 	}
@@ -401,4 +399,88 @@ func isTimeout(err error) bool {
 // isEOF reports whether err means the peer closed the TCP connection.
 func isEOF(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// writeLock is a one-slot lock whose waits give up when a context ends,
+// the connection closes or a timeout fires. It replaces a channel used as a
+// semaphore: uncontended, taking and giving it is a mutex round trip, with
+// no select and no channel kept per connection (a waiter makes one, and
+// only writes racing each other wait). Waiters get the lock in the order
+// they came.
+type writeLock struct {
+	mu      sync.Mutex
+	held    bool
+	waiters []chan struct{} // each closed when the lock is handed to it
+}
+
+// tryLock takes l if it is free.
+func (l *writeLock) tryLock() bool {
+	l.mu.Lock()
+	ok := !l.held
+	l.held = true
+	l.mu.Unlock()
+	return ok
+}
+
+// Why a wait for a writeLock gave up.
+const (
+	lockTaken = iota
+	lockCanceled
+	lockClosed
+	lockTimedOut
+)
+
+// lock takes l, waiting until it is free unless ctx ends, closed is closed
+// or timeout fires first (a nil channel never does). It returns lockTaken
+// or why it gave up.
+func (l *writeLock) lock(ctx context.Context, closed <-chan struct{}, timeout <-chan time.Time) int {
+	l.mu.Lock()
+	if !l.held {
+		l.held = true
+		l.mu.Unlock()
+		return lockTaken
+	}
+	ch := make(chan struct{})
+	l.waiters = append(l.waiters, ch)
+	l.mu.Unlock()
+	why := lockTaken
+	select {
+	case <-ch:
+		return lockTaken
+	case <-ctx.Done():
+		why = lockCanceled
+	case <-closed:
+		why = lockClosed
+	case <-timeout:
+		why = lockTimedOut
+	}
+	l.mu.Lock()
+	for i, w := range l.waiters {
+		if w == ch {
+			l.waiters = slices.Delete(l.waiters, i, i+1)
+			l.mu.Unlock()
+			return why
+		}
+	}
+	l.mu.Unlock()
+	// The lock was handed over while this wait gave up: pass it on.
+	l.unlock()
+	return why
+}
+
+// unlock gives l to the longest waiter, or frees it.
+func (l *writeLock) unlock() {
+	l.mu.Lock()
+	if len(l.waiters) == 0 {
+		l.held = false
+		l.mu.Unlock()
+		return
+	}
+	ch := l.waiters[0]
+	l.waiters = slices.Delete(l.waiters, 0, 1)
+	if len(l.waiters) == 0 {
+		l.waiters = nil // contention is rare: keep no slice while idle
+	}
+	l.mu.Unlock()
+	close(ch)
 }

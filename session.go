@@ -154,8 +154,29 @@ func (s *session) close(code CloseCode, reason string, drain bool) {
 
 // writeLoop sends queued frames in batches until the queue is empty, then
 // ends; a later enqueue starts a new one.
+//
+// A writer starts on the smallest goroutine stack, and at saturation one
+// starts per connection per burst, so growing that stack (a copy of it)
+// would cost more than the write. Its chain of calls down to the writev
+// system call therefore keeps small frames: the rare paths (a ping, the
+// close, an error) are calls of their own.
 func (s *session) writeLoop() {
-	defer s.srv.wg.Done()
+	for {
+		batch := s.nextBatch()
+		if batch == nil {
+			break
+		}
+		if !s.batchDone(batch, s.writeBatch(batch)) {
+			break
+		}
+	}
+	s.srv.wg.Done()
+}
+
+// nextBatch takes what is queued, first sending a ping or pong owed to the
+// peer; with nothing queued it ends the writer (sending the close asked
+// for, if any) and returns nil.
+func (s *session) nextBatch() [][]byte {
 	for {
 		s.mu.Lock()
 		if len(s.queue) == 0 && s.conn.controlPending() && !s.conn.isClosed() {
@@ -174,59 +195,63 @@ func (s *session) writeLoop() {
 			if code != 0 {
 				s.conn.Close(code, reason)
 			}
-			return
+			return nil
 		}
 		batch := s.queue
 		s.queue, s.spare = s.spare[:0], nil
 		s.mu.Unlock()
-
-		frames, written, err := s.writeBatch(batch)
-		clear(batch) // let the frames be collected
-		s.srv.stats.framesSent.Add(uint64(frames))
-		s.srv.stats.bytesSent.Add(uint64(written))
-
-		s.mu.Lock()
-		s.spare = batch[:0]
-		if err != nil {
-			s.closing = true
-			s.wakeLocked()
-			s.writing = false
-			clear(s.queue)
-			s.queue = s.queue[:0]
-			s.mu.Unlock()
-			return
-		}
-		s.mu.Unlock()
+		return batch
 	}
 }
 
-// writeBatch writes frames in system calls of at most maxWriteBatch bytes
-// and returns the frames and bytes written. The bytes of each call are
-// released from the queue's count as soon as it completes, so the cap
-// measures what is really unsent and a fast reader behind a large batch is
-// not taken for a slow one. The write timeout bounds each call, and
-// Shutdown's forced close ends a blocked one, so no context is watched
-// (watching one would allocate on every wake-up).
-func (s *session) writeBatch(frames [][]byte) (int, int, error) {
-	count, written := 0, 0
+// batchDone keeps batch's slice for reuse and reports whether the writer
+// goes on: after an error the connection is closing and the queue is
+// dropped.
+func (s *session) batchDone(batch [][]byte, err error) bool {
+	clear(batch) // let the frames be collected
+	s.mu.Lock()
+	s.spare = batch[:0]
+	if err != nil {
+		s.closing = true
+		s.wakeLocked()
+		s.writing = false
+		clear(s.queue)
+		s.queue = s.queue[:0]
+	}
+	s.mu.Unlock()
+	return err == nil
+}
+
+// writeBatch writes frames in system calls of at most maxWriteBatch bytes.
+// The bytes of each call are released from the queue's count as soon as it
+// completes, so the cap measures what is really unsent and a fast reader
+// behind a large batch is not taken for a slow one. The write timeout
+// bounds each call, and Shutdown's forced close ends a blocked one, so no
+// context is watched (watching one would allocate on every wake-up).
+func (s *session) writeBatch(frames [][]byte) error {
 	for len(frames) > 0 {
 		n, size := 0, 0
 		for n < len(frames) && (n == 0 || size+len(frames[n]) <= maxWriteBatch) {
 			size += len(frames[n])
 			n++
 		}
-		if err := s.conn.writeFrames(context.Background(), frames[:n]); err != nil {
-			return count, written, err
+		if err := s.conn.writeFrames(frames[:n]); err != nil {
+			return err
 		}
-		s.mu.Lock()
-		s.queued -= size
-		s.wakeLocked()
-		s.mu.Unlock()
-		count += n
-		written += size
+		s.sent(n, size)
 		frames = frames[n:]
 	}
-	return count, written, nil
+	return nil
+}
+
+// sent accounts for n frames of size bytes written.
+func (s *session) sent(n, size int) {
+	s.srv.stats.framesSent.Add(uint64(n))
+	s.srv.stats.bytesSent.Add(uint64(size))
+	s.mu.Lock()
+	s.queued -= size
+	s.wakeLocked()
+	s.mu.Unlock()
 }
 
 // ping has the connection's writer send a ping, starting it if needed. It

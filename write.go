@@ -27,10 +27,10 @@ func (c *Conn) Write(ctx context.Context, typ MessageType, p []byte) error {
 	if typ != MessageText && typ != MessageBinary {
 		return fmt.Errorf("websocket: write: invalid message type %d", int(typ))
 	}
-	if err := c.acquire(ctx, c.msgSem); err != nil {
+	if err := c.acquire(ctx, &c.msgLock); err != nil {
 		return err
 	}
-	defer func() { <-c.msgSem }()
+	defer c.msgLock.unlock()
 	op := opcode(typ)
 	for {
 		n, fin := len(p), true
@@ -55,7 +55,7 @@ func (c *Conn) Writer(ctx context.Context, typ MessageType) (io.WriteCloser, err
 	if typ != MessageText && typ != MessageBinary {
 		return nil, fmt.Errorf("websocket: writer: invalid message type %d", int(typ))
 	}
-	if err := c.acquire(ctx, c.msgSem); err != nil {
+	if err := c.acquire(ctx, &c.msgLock); err != nil {
 		return nil, err
 	}
 	return &fragmentWriter{c: c, ctx: ctx, op: opcode(typ)}, nil
@@ -90,7 +90,7 @@ func (w *fragmentWriter) Close() error {
 		return nil
 	}
 	w.closed = true
-	defer func() { <-w.c.msgSem }()
+	defer w.c.msgLock.unlock()
 	return w.c.writeFrame(w.ctx, true, w.op, nil)
 }
 
@@ -145,12 +145,12 @@ func (c *Conn) requestPing() bool {
 func (c *Conn) controlPending() bool { return c.pingPending.Load() || c.pongPending.Load() }
 
 // flushControl sends the ping and pong owed to the peer: it waits for the
-// frame semaphore (whoever holds it sends them on release, or this call
+// frame lock (whoever holds it sends them on release, or this call
 // does). It may block for up to the write timeout, so only a goroutine of
 // this connection's own calls it. It returns at once when the connection
 // is closed.
 func (c *Conn) flushControl() {
-	if c.acquire(context.Background(), c.frameSem) == nil {
+	if c.acquire(context.Background(), &c.frameLock) == nil {
 		c.releaseFrame()
 	}
 }
@@ -158,15 +158,15 @@ func (c *Conn) flushControl() {
 // pongCount returns the number of pongs received so far.
 func (c *Conn) pongCount() uint64 { return c.pongs.Load() }
 
-// acquire takes a one-slot semaphore, giving up when ctx ends or the
+// acquire takes one of the write locks, giving up when ctx ends or the
 // connection closes.
-func (c *Conn) acquire(ctx context.Context, sem chan struct{}) error {
-	select {
-	case sem <- struct{}{}:
+func (c *Conn) acquire(ctx context.Context, l *writeLock) error {
+	switch l.lock(ctx, c.closed, nil) {
+	case lockTaken:
 		return nil
-	case <-ctx.Done():
+	case lockCanceled:
 		return fmt.Errorf("websocket: write: %w", ctx.Err())
-	case <-c.closed:
+	default:
 		return c.endErr()
 	}
 }
@@ -174,7 +174,7 @@ func (c *Conn) acquire(ctx context.Context, sem chan struct{}) error {
 // writeFrame sends one frame. Once a close frame was sent, no other frame
 // may follow it and writeFrame fails.
 func (c *Conn) writeFrame(ctx context.Context, fin bool, op opcode, p []byte) error {
-	if err := c.acquire(ctx, c.frameSem); err != nil {
+	if err := c.acquire(ctx, &c.frameLock); err != nil {
 		return err
 	}
 	if c.closeSent.Load() {
@@ -191,7 +191,7 @@ func (c *Conn) writeFrame(ctx context.Context, fin bool, op opcode, p []byte) er
 	return nil
 }
 
-// writeFrameLocked writes one frame; the caller holds frameSem.
+// writeFrameLocked writes one frame; the caller holds frameLock.
 func (c *Conn) writeFrameLocked(fin bool, op opcode, p []byte) error {
 	c.wdl.extend(c.opts.WriteTimeout)
 	if c.client {
@@ -212,7 +212,7 @@ func (c *Conn) writeFrameLocked(fin bool, op opcode, p []byte) error {
 // and payload, or a batch of pre-encoded frames. On TCP it is one writev
 // system call with no copy. On TLS and other wrappers it is one Write of
 // the concatenation (from a pooled buffer when it fits one), so a batch is
-// one record rather than one per buffer. The caller holds frameSem and has
+// one record rather than one per buffer. The caller holds frameLock and has
 // extended the write deadline.
 func (c *Conn) writeBuffers(bufs [][]byte) error {
 	if c.writev {
@@ -221,6 +221,14 @@ func (c *Conn) writeBuffers(bufs [][]byte) error {
 		c.wnb = nil
 		return err
 	}
+	return c.writeCopied(bufs)
+}
+
+// writeCopied writes bufs in one Write, copied into a pooled buffer, for a
+// connection that cannot gather them. It is apart from writeBuffers so the
+// gathering path's stack frame stays small: a writer goroutine starts with
+// the smallest stack, and growing it costs more than the write.
+func (c *Conn) writeCopied(bufs [][]byte) error {
 	size := 0
 	for _, b := range bufs {
 		size += len(b)
@@ -252,17 +260,25 @@ func appendServerFrame(dst []byte, payload []byte) []byte {
 
 // writeFrames writes pre-encoded server frames (appendServerFrame), in
 // order, through writeBuffers. Control frames owed to the peer go out
-// before the batch. It must be called on a server connection.
-func (c *Conn) writeFrames(ctx context.Context, frames [][]byte) error {
-	if err := c.acquire(ctx, c.msgSem); err != nil {
-		return err
+// before the batch. It must be called on a server connection; it waits for
+// the write locks until the connection closes, since a server's frames are
+// written by one writer per connection, and is bounded by the write
+// timeout.
+func (c *Conn) writeFrames(frames [][]byte) error {
+	if !c.msgLock.tryLock() {
+		if err := c.acquire(context.Background(), &c.msgLock); err != nil {
+			return err
+		}
 	}
-	defer func() { <-c.msgSem }()
-	if err := c.acquire(ctx, c.frameSem); err != nil {
-		return err
+	if !c.frameLock.tryLock() {
+		if err := c.acquire(context.Background(), &c.frameLock); err != nil {
+			c.msgLock.unlock()
+			return err
+		}
 	}
 	if c.closeSent.Load() {
 		c.releaseFrame()
+		c.msgLock.unlock()
 		return c.endErr()
 	}
 	if c.pongPending.Load() {
@@ -271,8 +287,9 @@ func (c *Conn) writeFrames(ctx context.Context, frames [][]byte) error {
 	c.wdl.extend(c.opts.WriteTimeout)
 	err := c.writeBuffers(frames)
 	c.releaseFrame()
+	c.msgLock.unlock()
 	if err != nil {
-		return c.writeFailed(ctx, err)
+		return c.writeFailed(context.Background(), err)
 	}
 	return nil
 }
@@ -293,7 +310,7 @@ func (c *Conn) writeMasked(fin bool, op opcode, p []byte) error {
 
 // maskKey returns a fresh masking key from a ChaCha8 generator seeded from
 // crypto/rand, so keys cannot be predicted by the application or a proxy.
-// The caller holds frameSem.
+// The caller holds frameLock.
 func (c *Conn) maskKey() uint32 {
 	if c.rng == nil {
 		var seed [32]byte
@@ -303,8 +320,8 @@ func (c *Conn) maskKey() uint32 {
 	return uint32(c.rng.Uint64())
 }
 
-// releaseFrame gives up frameSem, first writing any pong owed to the peer.
-// A reader that queued a pong while another goroutine held frameSem relies
+// releaseFrame gives up frameLock, first writing any pong owed to the peer.
+// A reader that queued a pong while another goroutine held frameLock relies
 // on the holder to send it here.
 func (c *Conn) releaseFrame() {
 	for {
@@ -316,15 +333,13 @@ func (c *Conn) releaseFrame() {
 				c.closeTCP(&CloseError{Code: CloseAbnormalClosure, Reason: "writing a ping: " + err.Error()})
 			}
 		}
-		<-c.frameSem
+		c.frameLock.unlock()
 		if !c.pongPending.Load() && !c.pingPending.Load() {
 			return
 		}
 		// A pong was queued after the check above; send it unless another
-		// goroutine took the semaphore (it will send it then).
-		select {
-		case c.frameSem <- struct{}{}:
-		default:
+		// goroutine took the lock (it will send it then).
+		if !c.frameLock.tryLock() {
 			return
 		}
 	}
@@ -339,14 +354,12 @@ func (c *Conn) queuePong(p []byte) {
 	c.pongLen = copy(c.pongBuf[:], p)
 	c.pongPending.Store(true)
 	c.pongMu.Unlock()
-	select {
-	case c.frameSem <- struct{}{}:
+	if c.frameLock.tryLock() {
 		c.releaseFrame()
-	default:
 	}
 }
 
-// writePendingPong sends the owed pong; the caller holds frameSem.
+// writePendingPong sends the owed pong; the caller holds frameLock.
 func (c *Conn) writePendingPong() {
 	var buf [maxControlPayload]byte
 	c.pongMu.Lock()
