@@ -50,7 +50,14 @@ func fanOutHarness(b *testing.B, subs int, sw *swarm, frameLen int, broadcast fu
 		}
 		i += n
 		want := base + int64(i)*int64(subs)
-		for sw.delivered() < want {
+		for {
+			d := sw.delivered()
+			if d >= want {
+				break
+			}
+			if d < 0 {
+				b.Fatal("the swarm exited before reading every frame")
+			}
 		}
 	}
 	elapsed := time.Since(start)
@@ -98,7 +105,9 @@ func startRealtimeFanOut(b *testing.B, subs int) *baseline {
 	mgr := NewMemoryManager()
 	set := Function{ID: "set", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) { return p, nil }}
 	mgr.Create(context.Background(), "doc", benchState(0), set)
-	srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1, Logger: quietLogger})
+	// The swarm's clients only read, and a run at 10,000 subscribers can
+	// last past the default idle timeout (which would close them all).
+	srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1, Accept: AcceptOptions{ConnOptions: ConnOptions{IdleTimeout: -1}}, Logger: quietLogger})
 	hs := httptest.NewServer(srv)
 	sw := startSwarm(b, hs.Listener.Addr().String(), subs, true)
 	tx, _ := mgr.Apply(context.Background(), "doc", set, benchState(1))
