@@ -5,6 +5,7 @@ package realtime
 import (
 	"context"
 	"io"
+	"net"
 	"testing"
 )
 
@@ -29,4 +30,51 @@ func TestSteadyStateAllocs(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestGatheredWriteAllocs: on a real TCP socket a server connection writes
+// a message, and a batch of pre-encoded frames (a subscriber's queue), with
+// no allocation once warm: the writev path keeps nothing per write.
+func TestGatheredWriteAllocs(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, nc)
+		nc.Close()
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newConn(nc, false, "", ConnOptions{}, nil)
+	ctx := context.Background()
+	msg := payloadOf(1024)
+	batch := make([][]byte, 100)
+	for i := range batch {
+		batch[i] = appendServerFrame(nil, payloadOf(200))
+	}
+	frames := make([][]byte, len(batch))
+	c.Write(ctx, MessageText, msg) // warm the pools
+	if a := testing.AllocsPerRun(100, func() { c.Write(ctx, MessageText, msg) }); a != 0 {
+		t.Errorf("writing 1024 bytes: %v allocs", a)
+	}
+	if a := testing.AllocsPerRun(100, func() {
+		copy(frames, batch) // the write consumes its slice
+		if err := c.writeFrames(frames); err != nil {
+			t.Fatal(err)
+		}
+	}); a != 0 {
+		t.Errorf("writing a batch of %d frames: %v allocs", len(batch), a)
+	}
+	nc.Close()
+	<-done
 }

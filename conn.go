@@ -163,8 +163,7 @@ type Conn struct {
 	frameLock writeLock
 	whdr      [maxHeaderSize]byte
 	wbufs     [2][]byte
-	wnb       net.Buffers
-	writev    bool          // nc gathers buffers in one system call (TCP, Unix)
+	g         gatherer      // gathers buffers in one system call (TCP, Unix)
 	rng       *rand.ChaCha8 // masking keys, client side only, made on first use
 	wdl       ioDeadline
 
@@ -210,10 +209,7 @@ func newConn(nc net.Conn, client bool, subprotocol string, opts ConnOptions, pre
 	}
 	c.rbuf = make([]byte, size)
 	c.rend = copy(c.rbuf, pre)
-	switch nc.(type) {
-	case *net.TCPConn, *net.UnixConn:
-		c.writev = true
-	}
+	c.initGatherer()
 	c.rdl.set = nc.SetReadDeadline
 	c.wdl.set = nc.SetWriteDeadline
 	return c

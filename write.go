@@ -215,11 +215,8 @@ func (c *Conn) writeFrameLocked(fin bool, op opcode, p []byte) error {
 // one record rather than one per buffer. The caller holds frameLock and has
 // extended the write deadline.
 func (c *Conn) writeBuffers(bufs [][]byte) error {
-	if c.writev {
-		c.wnb = bufs // a field, so WriteTo's pointer receiver allocates nothing
-		_, err := c.wnb.WriteTo(c.nc)
-		c.wnb = nil
-		return err
+	if c.canGather() {
+		return c.gather(bufs)
 	}
 	return c.writeCopied(bufs)
 }

@@ -1,0 +1,28 @@
+//go:build !linux
+
+package realtime
+
+import "net"
+
+// Off Linux a connection gathers its buffers with net.Buffers, the
+// standard library's writev where the system has one.
+type gatherer struct {
+	nb net.Buffers
+}
+
+func (c *Conn) initGatherer() {}
+
+func (c *Conn) canGather() bool {
+	switch c.nc.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		return true
+	}
+	return false
+}
+
+func (c *Conn) gather(bufs [][]byte) error {
+	c.g.nb = bufs // a field, so WriteTo's pointer receiver allocates nothing
+	_, err := c.g.nb.WriteTo(c.nc)
+	c.g.nb = nil
+	return err
+}
