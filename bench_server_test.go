@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
@@ -240,59 +241,30 @@ func startBaseline(b *testing.B, subs int) *baseline {
 		}}
 }
 
-// BenchmarkIdleConnectionMemory reports the memory the server process
-// holds per idle subscribed connection ("B/conn": heap in use plus
-// goroutine stacks, after garbage collection, with 2,000 connections from a
-// client swarm, divided by 2,000), and for reference the same for bare TCP
-// connections that completed the handshake and are held by the accepting
-// server ("bare-B/conn").
+// BenchmarkIdleConnectionMemory reports the memory a server process holds
+// per idle subscribed connection, with 2,000 (or REALTIME_IDLE_CONNS)
+// connections from a client swarm. Each round starts a fresh server process
+// (the test binary re-executed), so nothing one round made (a goroutine
+// kept for reuse, a grown runtime table) hides in the next one's figure.
+// The server process collects garbage and returns free memory to the
+// system before each reading; the figures are what it holds after the
+// connections minus before, divided by their number:
+//
+//   - RSS-B/conn: resident memory (VmRSS), as an operator sees it;
+//   - B/conn: heap in use plus goroutine stacks; stack-B/conn the stacks;
+//   - bare-RSS-B/conn and bare-B/conn: the same for a server that only
+//     completes the handshake and holds the TCP connection.
+//
+// REALTIME_BENCH_HEAPPROFILE=file writes the server's heap profile with
+// the connections open, every allocation recorded.
 func BenchmarkIdleConnectionMemory(b *testing.B) {
 	n := 2000
 	if v, err := strconv.Atoi(os.Getenv("REALTIME_IDLE_CONNS")); err == nil && v > 0 {
 		n = v
 	}
-	if os.Getenv("REALTIME_BENCH_HEAPPROFILE") != "" {
-		// Record every allocation, so the profile's bytes per connection
-		// are exact rather than sampled.
-		defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
-		runtime.MemProfileRate = 1
-	}
 	for i := 0; i < b.N; i++ {
-		bare := measureConns(b, n, func() (string, func()) {
-			ln, _ := net.Listen("tcp", "127.0.0.1:0")
-			var held []net.Conn
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				for {
-					nc, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					br := bufio.NewReader(nc)
-					req, _ := http.ReadRequest(br)
-					io.WriteString(nc, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "+acceptKey(req.Header.Get("Sec-WebSocket-Key"))+"\r\n\r\n")
-					held = append(held, nc)
-				}
-			}()
-			return ln.Addr().String(), func() {
-				ln.Close()
-				<-done
-				for _, c := range held {
-					c.Close()
-				}
-			}
-		}, false)
-		ours := measureConns(b, n, func() (string, func()) {
-			mgr := NewMemoryManager()
-			mgr.Create(context.Background(), "doc", json.RawMessage(`{"count":0}`))
-			srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1, Logger: quietLogger})
-			hs := httptest.NewServer(srv)
-			return hs.Listener.Addr().String(), func() {
-				srv.Shutdown(context.Background())
-				hs.Close()
-			}
-		}, true)
+		bare := measureServer(b, "bare", n, false)
+		ours := measureServer(b, "realtime", n, true)
 		b.ReportMetric(ours.total()/float64(n), "B/conn")
 		b.ReportMetric(ours.stack/float64(n), "stack-B/conn")
 		b.ReportMetric(ours.rss/float64(n), "RSS-B/conn")
@@ -302,6 +274,109 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 }
 
 type memUse struct{ heap, stack, rss float64 }
+
+func (m memUse) total() float64 { return m.heap + m.stack }
+
+// measureServer starts a server process of kind and returns what it holds
+// with n swarm connections minus what it held before.
+func measureServer(b *testing.B, kind string, n int, subscribe bool) memUse {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), idleServerEnv+"="+kind)
+	cmd.Stderr = os.Stderr
+	in, _ := cmd.StdinPipe()
+	outPipe, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer in.Close()
+	out := bufio.NewReader(outPipe)
+	addr, err := out.ReadString('\n')
+	if err != nil {
+		b.Fatalf("idle server did not start: %v", err)
+	}
+	ask := func(cmd string) memUse {
+		io.WriteString(in, cmd+"\n")
+		line, err := out.ReadString('\n')
+		var m memUse
+		if err == nil {
+			_, err = fmt.Sscan(line, &m.heap, &m.stack, &m.rss)
+		}
+		if err != nil {
+			b.Fatalf("idle server: %q: %v", line, err)
+		}
+		return m
+	}
+	before := ask("measure")
+	sw := startSwarm(b, strings.TrimSpace(addr), n, subscribe)
+	after := ask("measure")
+	if f := os.Getenv("REALTIME_BENCH_HEAPPROFILE"); f != "" && subscribe {
+		ask("profile " + f)
+	}
+	sw.stop()
+	return memUse{after.heap - before.heap, after.stack - before.stack, after.rss - before.rss}
+}
+
+// runIdleServer is the idle-memory server process's main: serve, print the
+// address, answer "measure" (and "profile file") with heap, stack and
+// resident bytes, and exit when stdin closes.
+func runIdleServer(kind string) int {
+	if os.Getenv("REALTIME_BENCH_HEAPPROFILE") != "" {
+		runtime.MemProfileRate = 1 // every allocation, so the profile is exact
+	}
+	var addr string
+	switch kind {
+	case "bare":
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		var held []net.Conn
+		go func() {
+			for {
+				nc, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				br := bufio.NewReader(nc)
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					nc.Close()
+					continue
+				}
+				io.WriteString(nc, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "+acceptKey(req.Header.Get("Sec-WebSocket-Key"))+"\r\n\r\n")
+				held = append(held, nc)
+			}
+		}()
+		addr = ln.Addr().String()
+	default:
+		mgr := NewMemoryManager()
+		mgr.Create(context.Background(), "doc", json.RawMessage(`{"count":0}`))
+		srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1, Accept: AcceptOptions{ConnOptions: ConnOptions{IdleTimeout: -1}}, Logger: quietLogger})
+		hs := httptest.NewServer(srv)
+		addr = hs.Listener.Addr().String()
+	}
+	fmt.Println(addr)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		cmd, arg, _ := strings.Cut(in.Text(), " ")
+		if cmd == "profile" {
+			out, _ := os.Create(arg)
+			pprof.WriteHeapProfile(out)
+			out.Close()
+		}
+		for i := 0; i < 3; i++ {
+			runtime.GC()
+			time.Sleep(50 * time.Millisecond)
+		}
+		debug.FreeOSMemory() // return what the heap does not use, so RSS counts what is held
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		fmt.Println(m.HeapInuse, m.StackInuse, residentBytes())
+	}
+	return 0 // the process exits with its connections
+}
 
 // residentBytes is this process's resident set (VmRSS), or 0 where
 // /proc is missing.
@@ -317,33 +392,4 @@ func residentBytes() float64 {
 		}
 	}
 	return 0
-}
-
-func (m memUse) total() float64 { return m.heap + m.stack }
-
-// measureConns returns the heap and stack bytes this process uses with n
-// swarm connections to the server that start makes, minus those before.
-func measureConns(b *testing.B, n int, start func() (string, func()), subscribe bool) memUse {
-	inUse := func() memUse {
-		for i := 0; i < 3; i++ {
-			runtime.GC()
-			time.Sleep(50 * time.Millisecond)
-		}
-		debug.FreeOSMemory() // return what the heap does not use, so RSS counts what is held
-		var m runtime.MemStats
-		runtime.ReadMemStats(&m)
-		return memUse{float64(m.HeapInuse), float64(m.StackInuse), residentBytes()}
-	}
-	before := inUse()
-	addr, stop := start()
-	sw := startSwarm(b, addr, n, subscribe)
-	after := inUse()
-	if f := os.Getenv("REALTIME_BENCH_HEAPPROFILE"); f != "" && subscribe {
-		out, _ := os.Create(f)
-		pprof.WriteHeapProfile(out)
-		out.Close()
-	}
-	sw.stop()
-	stop()
-	return memUse{after.heap - before.heap, after.stack - before.stack, after.rss - before.rss}
 }

@@ -25,6 +25,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(swarmEnv) != "" {
 		os.Exit(runSwarm()) // a benchmark's client process, not a test run
 	}
+	if kind := os.Getenv(idleServerEnv); kind != "" {
+		os.Exit(runIdleServer(kind)) // a benchmark's server process
+	}
 	code := m.Run()
 	if code == 0 {
 		if leaked := leakedGoroutines(5 * time.Second); leaked != "" {

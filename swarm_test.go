@@ -25,6 +25,10 @@ import (
 
 const swarmEnv = "REALTIME_BENCH_SWARM" // "addr n subscribe(0|1)"
 
+// idleServerEnv makes the test binary an idle-memory benchmark's server
+// process (runIdleServer): "bare" or "realtime".
+const idleServerEnv = "REALTIME_BENCH_IDLE_SERVER"
+
 // swarm is the parent's handle on a client swarm.
 type swarm struct {
 	cmd *exec.Cmd
