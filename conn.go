@@ -163,7 +163,7 @@ type Conn struct {
 	frameLock writeLock
 	whdr      [maxHeaderSize]byte
 	wbufs     [2][]byte
-	g         gatherer      // gathers buffers in one system call (TCP, Unix)
+	g         rawIO         // gathered writes and idle reads on TCP and Unix sockets
 	rng       *rand.ChaCha8 // masking keys, client side only, made on first use
 	wdl       ioDeadline
 
@@ -209,7 +209,7 @@ func newConn(nc net.Conn, client bool, subprotocol string, opts ConnOptions, pre
 	}
 	c.rbuf = make([]byte, size)
 	c.rend = copy(c.rbuf, pre)
-	c.initGatherer()
+	c.initRawIO()
 	c.rdl.set = nc.SetReadDeadline
 	c.wdl.set = nc.SetWriteDeadline
 	return c

@@ -353,6 +353,9 @@ func (c *Conn) waitReadable() {
 	if !c.closeSent.Load() {
 		c.rdl.extend(c.opts.IdleTimeout)
 	}
+	if c.idleRead() {
+		return
+	}
 	n, err := c.nc.Read(c.rbuf)
 	c.rend = n
 	c.waitErr = err

@@ -5,12 +5,15 @@ package realtime
 import "net"
 
 // Off Linux a connection gathers its buffers with net.Buffers, the
-// standard library's writev where the system has one.
-type gatherer struct {
+// standard library's writev where the system has one, and keeps its read
+// buffer while idle.
+type rawIO struct {
 	nb net.Buffers
 }
 
-func (c *Conn) initGatherer() {}
+func (c *Conn) initRawIO() {}
+
+func (c *Conn) idleRead() bool { return false }
 
 func (c *Conn) canGather() bool {
 	switch c.nc.(type) {

@@ -3,14 +3,19 @@
 package realtime
 
 import (
+	"io"
 	"net"
 	"sync"
 	"syscall"
 	"unsafe"
 )
 
-// On Linux a connection gathers its buffers with writev issued through
-// syscall.RawConn, instead of net.Buffers.WriteTo. The standard library's
+// On Linux a TCP or Unix connection does its hot I/O through
+// syscall.RawConn, so that what it holds while idle is as little as it
+// can be.
+//
+// Writes gather their buffers with writev of our own, instead of
+// net.Buffers.WriteTo. The standard library's
 // path keeps an iovec array per socket, grown to the largest batch the
 // socket ever wrote and held for its life (up to 16 KiB per connection
 // after one backlog), and growing it allocates on the fan-out path. Here
@@ -27,17 +32,21 @@ const maxIovecLen = 1 << 30
 
 var iovecPool = sync.Pool{New: func() any { return new([gatherIovecs]syscall.Iovec) }}
 
-// gatherer is the part of a Conn that writes with writev.
-type gatherer struct {
+// rawIO is the part of a Conn that does its I/O through syscall.RawConn.
+type rawIO struct {
 	raw  syscall.RawConn
 	bufs [][]byte // what is left to write, during gather
 	err  error    // the system call's error, during gather
 	step func(fd uintptr) bool
+
+	// During idleRead:
+	rn       int
+	rerr     error
+	readStep func(fd uintptr) bool
 }
 
-// initGatherer prepares c to gather its writes when nc is a TCP or Unix
-// socket.
-func (c *Conn) initGatherer() {
+// initRawIO prepares c for raw I/O when nc is a TCP or Unix socket.
+func (c *Conn) initRawIO() {
 	switch nc := c.nc.(type) {
 	case *net.TCPConn:
 		c.g.raw, _ = nc.SyscallConn()
@@ -114,5 +123,66 @@ func (c *Conn) consume(n int) {
 	}
 	if len(c.g.bufs) > 0 {
 		c.g.bufs[0] = c.g.bufs[0][n:]
+	}
+}
+
+// Reads: a connection waiting for its peer's next frame (the idle state
+// of nearly every connection) lends its read buffer to a shared pool and
+// takes one back when bytes arrive, so an idle connection holds no read
+// buffer. Only buffers of the default size are pooled; a connection whose
+// handshake left more bytes keeps its own.
+
+var readBufPool = sync.Pool{New: func() any { return new([defaultReadBufferSize]byte) }}
+
+// idleRead is waitReadable's network read: it waits for bytes without
+// holding c.rbuf and reads them into a pooled buffer, which becomes c.rbuf.
+// It reports false when c cannot read this way, and the caller reads as
+// usual. On return c.rbuf is set, whatever happened. The caller holds
+// readMu, and the buffer is empty.
+func (c *Conn) idleRead() bool {
+	if c.g.raw == nil || len(c.rbuf) != defaultReadBufferSize {
+		return false
+	}
+	if c.g.readStep == nil {
+		c.g.readStep = c.readStep // made once, so each wait allocates nothing
+	}
+	readBufPool.Put((*[defaultReadBufferSize]byte)(c.rbuf))
+	c.rbuf = nil
+	err := c.g.raw.Read(c.g.readStep)
+	if c.rbuf == nil { // the wait ended without bytes (deadline, close)
+		c.rbuf = readBufPool.Get().(*[defaultReadBufferSize]byte)[:]
+	}
+	if err == nil {
+		err = c.g.rerr
+	}
+	c.rend, c.waitErr = c.g.rn, err
+	c.g.rn, c.g.rerr = 0, nil
+	return true
+}
+
+// readStep reads what the socket holds into a pooled buffer; it returns
+// false, with the buffer given back, when the socket has nothing yet, so
+// RawConn.Read waits for it to become readable and calls it again.
+func (c *Conn) readStep(fd uintptr) bool {
+	for {
+		if c.rbuf == nil {
+			c.rbuf = readBufPool.Get().(*[defaultReadBufferSize]byte)[:]
+		}
+		n, err := syscall.Read(int(fd), c.rbuf)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			readBufPool.Put((*[defaultReadBufferSize]byte)(c.rbuf))
+			c.rbuf = nil
+			return false
+		case err != nil:
+			c.g.rerr = err
+		case n == 0:
+			c.g.rerr = io.EOF
+		default:
+			c.g.rn = n
+		}
+		return true
 	}
 }
