@@ -63,7 +63,8 @@
 //   - Efficiency: a frame is encoded once per broadcast and the same bytes
 //     are queued for every subscriber; reading, writing and fanning out
 //     allocate nothing per message per subscriber once warm; an idle
-//     subscribed connection costs about 5.4 KiB.
+//     subscribed connection costs about 5.5 KiB of resident memory on
+//     Linux (it holds no read buffer while it waits).
 //
 // # Options
 //
