@@ -39,10 +39,7 @@ type rawIO struct {
 	err  error    // the system call's error, during gather
 	step func(fd uintptr) bool
 
-	// During idleRead:
-	rn       int
-	rerr     error
-	readStep func(fd uintptr) bool
+	readStep func(fd uintptr) bool // idleRead's, made once
 }
 
 // initRawIO prepares c for raw I/O when nc is a TCP or Unix socket.
@@ -148,21 +145,21 @@ func (c *Conn) idleRead() bool {
 	}
 	readBufPool.Put((*[defaultReadBufferSize]byte)(c.rbuf))
 	c.rbuf = nil
-	err := c.g.raw.Read(c.g.readStep)
-	if c.rbuf == nil { // the wait ended without bytes (deadline, close)
+	c.rend, c.waitErr = 0, nil
+	if err := c.g.raw.Read(c.g.readStep); err != nil {
+		c.waitErr = err // the wait ended without bytes (deadline, close)
+	}
+	if c.rbuf == nil {
 		c.rbuf = readBufPool.Get().(*[defaultReadBufferSize]byte)[:]
 	}
-	if err == nil {
-		err = c.g.rerr
-	}
-	c.rend, c.waitErr = c.g.rn, err
-	c.g.rn, c.g.rerr = 0, nil
 	return true
 }
 
-// readStep reads what the socket holds into a pooled buffer; it returns
-// false, with the buffer given back, when the socket has nothing yet, so
-// RawConn.Read waits for it to become readable and calls it again.
+// readStep reads what the socket holds into a pooled buffer, setting
+// c.rend or c.waitErr (the caller holds readMu); it returns false, with
+// the buffer given back, when the socket has nothing yet, so RawConn.Read
+// waits for it to become readable and calls it again. (Writing straight
+// into the read state keeps Conn within its allocation size class.)
 func (c *Conn) readStep(fd uintptr) bool {
 	for {
 		if c.rbuf == nil {
@@ -177,11 +174,11 @@ func (c *Conn) readStep(fd uintptr) bool {
 			c.rbuf = nil
 			return false
 		case err != nil:
-			c.g.rerr = err
+			c.waitErr = err
 		case n == 0:
-			c.g.rerr = io.EOF
+			c.waitErr = io.EOF
 		default:
-			c.g.rn = n
+			c.rend = n
 		}
 		return true
 	}

@@ -5,9 +5,11 @@ package realtime
 import (
 	"bytes"
 	"net"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // TestGatheredWriteUnderBackpressure: a batch of many frames of mixed
@@ -83,4 +85,16 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+// TestConnSizeClass: a Conn is allocated from the runtime's 896-byte size
+// class on 64-bit Linux; 16 bytes more would put every connection in the
+// 1,024-byte class, 128 bytes more per idle connection.
+func TestConnSizeClass(t *testing.T) {
+	if runtime.GOOS != "linux" || unsafe.Sizeof(uintptr(0)) != 8 {
+		t.Skip("the size is checked on 64-bit Linux, where the memory figures are measured")
+	}
+	if n := unsafe.Sizeof(Conn{}); n > 896 {
+		t.Fatalf("Conn is %d bytes, past the 896-byte size class: idle connections grow by 128 B", n)
+	}
 }
