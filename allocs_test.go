@@ -5,7 +5,6 @@ package realtime
 import (
 	"context"
 	"io"
-	"net"
 	"testing"
 )
 
@@ -36,25 +35,8 @@ func TestSteadyStateAllocs(t *testing.T) {
 // a message, and a batch of pre-encoded frames (a subscriber's queue), with
 // no allocation once warm: the writev path keeps nothing per write.
 func TestGatheredWriteAllocs(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		nc, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		io.Copy(io.Discard, nc)
-		nc.Close()
-	}()
-	nc, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, stop := dialDiscard(t)
+	defer stop()
 	c := newConn(nc, false, "", ConnOptions{}, nil)
 	ctx := context.Background()
 	msg := payloadOf(1024)
@@ -75,6 +57,4 @@ func TestGatheredWriteAllocs(t *testing.T) {
 	}); a != 0 {
 		t.Errorf("writing a batch of %d frames: %v allocs", len(batch), a)
 	}
-	nc.Close()
-	<-done
 }

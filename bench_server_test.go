@@ -185,6 +185,24 @@ type baseline struct {
 	stop      func()
 }
 
+// acceptBare accepts connections on ln until it is closed, completes each
+// one's WebSocket handshake with no checks and hands it to got.
+func acceptBare(ln net.Listener, got func(net.Conn)) {
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		req, err := http.ReadRequest(bufio.NewReader(nc))
+		if err != nil {
+			nc.Close()
+			continue
+		}
+		io.WriteString(nc, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "+acceptKey(req.Header.Get("Sec-WebSocket-Key"))+"\r\n\r\n")
+		got(nc)
+	}
+}
+
 func startBaseline(b *testing.B, subs int) *baseline {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -197,18 +215,7 @@ func startBaseline(b *testing.B, subs int) *baseline {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			br := bufio.NewReader(nc)
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				nc.Close()
-				continue
-			}
-			io.WriteString(nc, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "+acceptKey(req.Header.Get("Sec-WebSocket-Key"))+"\r\n\r\n")
+		acceptBare(ln, func(nc net.Conn) {
 			c := &baselineConn{nc: nc, wake: make(chan struct{}, 1)}
 			mu.Lock()
 			conns = append(conns, c)
@@ -216,7 +223,7 @@ func startBaseline(b *testing.B, subs int) *baseline {
 			wg.Add(1)
 			go c.writer(&wg)
 			accepted <- struct{}{}
-		}
+		})
 	}()
 	sw := startSwarm(b, ln.Addr().String(), subs, false)
 	for i := 0; i < subs; i++ {
@@ -342,22 +349,7 @@ func runIdleServer(kind string) int {
 			return 1
 		}
 		var held []net.Conn
-		go func() {
-			for {
-				nc, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				br := bufio.NewReader(nc)
-				req, err := http.ReadRequest(br)
-				if err != nil {
-					nc.Close()
-					continue
-				}
-				io.WriteString(nc, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "+acceptKey(req.Header.Get("Sec-WebSocket-Key"))+"\r\n\r\n")
-				held = append(held, nc)
-			}
-		}()
+		go acceptBare(ln, func(nc net.Conn) { held = append(held, nc) })
 		addr = ln.Addr().String()
 	default:
 		mgr := NewMemoryManager()

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"runtime"
 	"testing"
 )
@@ -40,25 +39,8 @@ func BenchmarkWrite(b *testing.B) {
 func BenchmarkWriteTCP(b *testing.B) {
 	for _, n := range benchSizes {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer ln.Close()
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				nc, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				io.Copy(io.Discard, nc)
-				nc.Close()
-			}()
-			nc, err := net.Dial("tcp", ln.Addr().String())
-			if err != nil {
-				b.Fatal(err)
-			}
+			nc, stop := dialDiscard(b)
+			defer stop()
 			c := newConn(nc, false, "", ConnOptions{}, nil)
 			msg := payloadOf(n)
 			ctx := context.Background()
@@ -71,8 +53,6 @@ func BenchmarkWriteTCP(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			nc.Close()
-			<-done
 		})
 	}
 }

@@ -314,3 +314,34 @@ func closePayload(code CloseCode, reason string) []byte {
 	b := binary.BigEndian.AppendUint16(nil, uint16(code))
 	return append(b, reason...)
 }
+
+// dialDiscard returns a TCP connection over loopback whose peer reads and
+// discards everything, and a stop func that closes it and waits for the
+// peer.
+func dialDiscard(tb testing.TB) (net.Conn, func()) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, nc)
+		nc.Close()
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		ln.Close()
+		tb.Fatal(err)
+	}
+	return nc, func() {
+		nc.Close()
+		<-done
+		ln.Close()
+	}
+}
