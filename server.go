@@ -281,6 +281,17 @@ func NewServer(m Manager, opts *ServerOptions) *Server {
 	return s
 }
 
+// Ready reports whether the server takes new connections: true from
+// NewServer until Shutdown begins, and false from Shutdown's first moment,
+// before it closes any connection. A readiness probe that serves it lets a
+// load balancer stop sending clients to an instance that is going away
+// before they would be refused.
+func (s *Server) Ready() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return !s.closed
+}
+
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
 	return Stats{

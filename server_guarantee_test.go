@@ -258,6 +258,37 @@ func TestHeartbeat(t *testing.T) {
 	}
 }
 
+// TestReadyTurnsFalseWhenShutdownBegins: a readiness probe reads false
+// before any client learns of the shutdown: when the first client reads
+// its 1001 close frame, Ready already reports false.
+func TestReadyTurnsFalseWhenShutdownBegins(t *testing.T) {
+	rs := newRTServer(t, nil)
+	raw := connectRaw(t, rs.hs)
+	raw.send(fText, (&SubscribeMessage{ShareDataID: "doc"}).AppendJSON(nil))
+	if f := raw.mustRead(); f.op() != opText {
+		t.Fatalf("got %s, want the state", f.op())
+	}
+	if !rs.Ready() {
+		t.Fatal("Ready is false before Shutdown")
+	}
+	done := make(chan error, 1)
+	go func() { done <- rs.Shutdown(context.Background()) }()
+	f := raw.mustRead()
+	if f.op() != opClose {
+		t.Fatalf("got %s, want the close frame", f.op())
+	}
+	if rs.Ready() {
+		t.Fatal("a client read its close frame while Ready still reported true")
+	}
+	raw.send(fClose, f.payload[:2]) // answer the close, so Shutdown ends
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if rs.Ready() {
+		t.Fatal("Ready is true after Shutdown")
+	}
+}
+
 func TestShutdown(t *testing.T) {
 	t.Run("drains queues then closes with 1001", func(t *testing.T) {
 		rs := newRTServer(t, nil)

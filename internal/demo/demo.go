@@ -8,6 +8,7 @@ import (
 	_ "embed"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -134,10 +135,24 @@ var Clear = realtime.Function{ID: "clear", Apply: func(ctx context.Context, cur,
 	return json.RawMessage(`{"items":[]}`), nil
 }}
 
-// Handler serves the page at / and the realtime endpoint at /realtime.
+// Handler serves the page at / and the realtime endpoint at /realtime,
+// and, when srv reports readiness (as *realtime.Server does), a readiness
+// probe at /ready: 200 while it takes connections, 503 from the moment it
+// begins to shut down.
 func Handler(srv http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/realtime", srv)
+	if r, ok := srv.(interface{ Ready() bool }); ok {
+		mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Header().Set("Cache-Control", "no-store")
+			if !r.Ready() {
+				http.Error(w, "shutting down", http.StatusServiceUnavailable)
+				return
+			}
+			io.WriteString(w, "ready\n")
+		})
+	}
 	mux.HandleFunc("/realtime.js", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/javascript; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")

@@ -139,3 +139,29 @@ func TestUseJWT(t *testing.T) {
 		t.Fatalf("demo is %s", snap.State)
 	}
 }
+
+// TestReadyProbe: the demo's /ready answers 200 while the server takes
+// connections and 503 once it has begun to shut down.
+func TestReadyProbe(t *testing.T) {
+	srv := realtime.NewServer(realtime.NewMemoryManager(), &realtime.ServerOptions{Logger: slog.New(slog.DiscardHandler)})
+	hs := httptest.NewServer(Handler(srv))
+	defer hs.Close()
+	get := func() (int, string) {
+		resp, err := http.Get(hs.URL + "/ready")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(b))
+	}
+	if code, body := get(); code != http.StatusOK || body != "ready" {
+		t.Fatalf("before Shutdown: %d %q", code, body)
+	}
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(); code != http.StatusServiceUnavailable || body != "shutting down" {
+		t.Fatalf("after Shutdown: %d %q", code, body)
+	}
+}
