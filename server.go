@@ -3,6 +3,7 @@ package realtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"net/http"
@@ -290,6 +291,43 @@ func (s *Server) Ready() bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return !s.closed
+}
+
+// Disconnect closes every connection whose authentication value (what
+// Authenticate returned for it; nil without one) match accepts, with code
+// and reason, and returns how many it closed. Frames still queued for them
+// are dropped: a revoked user gets nothing more. It is safe to call while
+// traffic flows; connections opened while it runs may be missed. code must
+// be one that may be sent (1000-1003, 1007-1014, 3000-4999), or
+// Disconnect closes nothing and returns an error.
+func (s *Server) Disconnect(match func(auth any) bool, code CloseCode, reason string) (int, error) {
+	if !validWireCode(code) {
+		return 0, fmt.Errorf("realtime: disconnect: code %d may not be sent", int(code))
+	}
+	sessions := s.matching(match)
+	for _, sess := range sessions {
+		sess.close(code, reason, false)
+	}
+	return len(sessions), nil
+}
+
+// CountConnections returns how many open connections' authentication
+// values match accepts. It is safe to call while traffic flows.
+func (s *Server) CountConnections(match func(auth any) bool) int {
+	return len(s.matching(match))
+}
+
+// matching returns the sessions whose auth match accepts.
+func (s *Server) matching(match func(auth any) bool) []*session {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*session
+	for sess := range s.sessions {
+		if match(sess.auth) {
+			out = append(out, sess)
+		}
+	}
+	return out
 }
 
 // Stats returns the server's counters.

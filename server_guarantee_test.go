@@ -396,3 +396,53 @@ func (h *signalHandler) Handle(ctx context.Context, r slog.Record) error {
 }
 
 func (h *signalHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+// TestDisconnectByAuth: closing one user's connections among others, while
+// transactions flow to everyone, closes only theirs, with the chosen code
+// and reason; the others keep receiving, and the counts follow.
+func TestDisconnectByAuth(t *testing.T) {
+	rs := newRTServer(t, &ServerOptions{Authenticate: func(r *http.Request) (any, error) {
+		return r.URL.Query().Get("user"), nil
+	}})
+	user := func(name string) func(any) bool { return func(auth any) bool { return auth == name } }
+	alice := []*testClient{dialRT(t, rs.url+"?user=alice", nil), dialRT(t, rs.url+"?user=alice", nil)}
+	bob := dialRT(t, rs.url+"?user=bob", nil)
+	for _, c := range append(alice, bob) {
+		c.subscribe("doc")
+	}
+	if n := rs.CountConnections(user("alice")); n != 2 {
+		t.Fatalf("CountConnections(alice) = %d, want 2", n)
+	}
+	if _, err := rs.Disconnect(user("alice"), CloseCode(1005), ""); err == nil {
+		t.Fatal("Disconnect with 1005 (never sent) did not fail")
+	}
+	set, _ := rs.mgr.Function("doc", "increment")
+	stop := make(chan struct{})
+	flowing := make(chan struct{})
+	go func() { // transactions flow while the disconnect happens
+		defer close(flowing)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			rs.mgr.Apply(context.Background(), "doc", set, json.RawMessage(`{"by":1}`))
+		}
+	}()
+	n, err := rs.Disconnect(user("alice"), CloseCode(4010), "access revoked")
+	if err != nil || n != 2 {
+		t.Fatalf("Disconnect = %d, %v; want 2", n, err)
+	}
+	for _, c := range alice {
+		c.expectClosed(CloseCode(4010), "access revoked")
+	}
+	close(stop)
+	<-flowing
+	// Bob still receives.
+	nextAs[*TransactionMessage](bob)
+	waitFor(t, func() bool { return rs.CountConnections(user("alice")) == 0 })
+	if n := rs.CountConnections(func(any) bool { return true }); n != 1 {
+		t.Fatalf("%d connections left, want bob's 1", n)
+	}
+}
