@@ -37,8 +37,8 @@ func resolveOptions(v any) any {
 }
 
 // zeroMeans finds "Zero means VALUE" in a field's doc: a number with an
-// optional unit, or "no limit".
-var zeroMeans = regexp.MustCompile(`(?i)zero means (no limit|(\d[\d,]*)(?: (ms|s|KiB|MiB))?)`)
+// optional unit, or "no limit" or "none" (resolving to zero).
+var zeroMeans = regexp.MustCompile(`(?i)zero means (no limit|none|(\d[\d,]*)(?: (ms|s|KiB|MiB))?)`)
 
 // documentedDefault reads the default a field's doc states, in the
 // field's own unit.
@@ -47,7 +47,7 @@ func documentedDefault(t *testing.T, doc string) (value int64, noLimit bool) {
 	if m == nil {
 		return 0, false
 	}
-	if strings.EqualFold(m[1], "no limit") {
+	if strings.EqualFold(m[1], "no limit") || strings.EqualFold(m[1], "none") {
 		return 0, true
 	}
 	n, err := strconv.ParseInt(strings.ReplaceAll(m[2], ",", ""), 10, 64)

@@ -109,6 +109,14 @@ type ServerOptions struct {
 	// ShutdownCode is the close code Shutdown sends: CloseGoingAway or
 	// CloseServiceRestart (1012). Zero means 1001 (CloseGoingAway).
 	ShutdownCode CloseCode
+	// ShutdownSpread spreads Shutdown's closes over this period, in 10
+	// batches one tenth of it apart, so that thousands of clients do not
+	// reconnect to the remaining instances in the same second (as Phoenix's
+	// drainer does). When Shutdown's context ends first, the connections
+	// not yet closed are closed at once, without a close handshake, as
+	// Shutdown always does when its context ends. Zero means none: every
+	// connection is closed at once. Negative means none too.
+	ShutdownSpread time.Duration
 
 	// Accept configures the WebSocket handshake and connection: origin
 	// patterns, subprotocols ("realtime.v1" when empty), the read limit
@@ -147,6 +155,9 @@ func (o ServerOptions) withDefaults() ServerOptions {
 	}
 	if o.HeartbeatInterval == 0 {
 		o.HeartbeatInterval = defaultHeartbeatInterval
+	}
+	if o.ShutdownSpread < 0 {
+		o.ShutdownSpread = 0
 	}
 	if o.ShutdownCode == 0 {
 		o.ShutdownCode = CloseGoingAway
@@ -280,6 +291,31 @@ func NewServer(m Manager, opts *ServerOptions) *Server {
 		s.unlisten = m.Listen(s.publish)
 	}
 	return s
+}
+
+// closeSpread closes sessions for Shutdown, after the frames queued for
+// them: at once, or in batches over ShutdownSpread until ctx ends.
+func (s *Server) closeSpread(ctx context.Context, sessions []*session) {
+	const batches = 10
+	spread := s.opts.ShutdownSpread
+	start := time.Now()
+	for i := 0; len(sessions) > 0; i++ {
+		n := len(sessions)
+		if spread > 0 { // i < batches: the last batch's share is all that is left
+			n = (len(sessions) + batches - 1 - i) / (batches - i) // an even share of what is left
+			wait := time.NewTimer(time.Until(start.Add(time.Duration(i) * spread / batches)))
+			select {
+			case <-wait.C:
+			case <-ctx.Done():
+				n = len(sessions)
+			}
+			wait.Stop()
+		}
+		for _, sess := range sessions[:n] {
+			sess.close(s.opts.ShutdownCode, "server shutting down", true)
+		}
+		sessions = sessions[n:]
+	}
 }
 
 // Ready reports whether the server takes new connections: true from
@@ -526,9 +562,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	close(s.hbStop)
-	for _, sess := range sessions {
-		sess.close(s.opts.ShutdownCode, "server shutting down", true)
-	}
+	s.closeSpread(ctx, sessions)
 	done := make(chan struct{})
 	go func() {
 		s.wg.Wait()

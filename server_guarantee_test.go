@@ -296,6 +296,9 @@ func TestShutdown(t *testing.T) {
 		c.subscribe("doc")
 		c.propose("doc", "increment", `{"by":1}`, "x")
 		nextAs[*TransactionMessage](c)
+		// The reply is queued after the transaction's broadcast; once the
+		// counter shows it, Shutdown must deliver it before the close.
+		waitFor(t, func() bool { return rs.Stats().ProposalsAccepted == 1 })
 		if err := rs.Shutdown(context.Background()); err != nil {
 			t.Fatalf("Shutdown: %v", err)
 		}
@@ -444,5 +447,58 @@ func TestDisconnectByAuth(t *testing.T) {
 	waitFor(t, func() bool { return rs.CountConnections(user("alice")) == 0 })
 	if n := rs.CountConnections(func(any) bool { return true }); n != 1 {
 		t.Fatalf("%d connections left, want bob's 1", n)
+	}
+}
+
+// TestShutdownSpread: with ShutdownSpread, Shutdown closes its connections
+// in batches over the period instead of all at once: the last close frame
+// arrives most of the period after the first, and every client gets 1001.
+func TestShutdownSpread(t *testing.T) {
+	const spread = 500 * time.Millisecond
+	rs := newRTServer(t, &ServerOptions{ShutdownSpread: spread})
+	var clients []*testClient
+	for i := 0; i < 20; i++ {
+		c := dialRT(t, rs.url, nil)
+		c.subscribe("doc")
+		clients = append(clients, c)
+	}
+	start := time.Now()
+	if err := rs.Shutdown(context.Background()); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	took := time.Since(start)
+	for _, c := range clients {
+		c.expectClosed(CloseGoingAway, "shutting down")
+	}
+	// The last batch is sent nine tenths of the period in; load can only
+	// delay it.
+	if min := spread * 9 / 10; took < min {
+		t.Fatalf("Shutdown closed 20 connections in %v; spread over %v, the last batch goes after %v", took, spread, min)
+	}
+}
+
+// TestShutdownSpreadContextEnds: a Shutdown whose context ends during the
+// spread does not wait out the period: it returns the context's error and
+// ends every connection not yet closed at once (with 1001 if its close
+// frame goes out before the forced close, else 1006), as Shutdown does
+// whenever its context ends.
+func TestShutdownSpreadContextEnds(t *testing.T) {
+	rs := newRTServer(t, &ServerOptions{ShutdownSpread: time.Hour})
+	c := dialRT(t, rs.url, nil)
+	c.subscribe("doc")
+	d := dialRT(t, rs.url, nil)
+	d.subscribe("doc")
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := rs.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	for _, tc := range []*testClient{c, d} {
+		for range tc.msgs { // both connections end: none waits for its batch
+		}
+		var ce *CloseError
+		if !errors.As(tc.endErr(), &ce) || (ce.Code != CloseGoingAway && ce.Code != CloseAbnormalClosure) {
+			t.Fatalf("connection ended with %v, want 1001 or, cut at the deadline, 1006", tc.endErr())
+		}
 	}
 }

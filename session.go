@@ -418,8 +418,8 @@ func (s *session) propose(m *ProposeMessage) {
 		reject(peerText(err))
 		return
 	}
-	srv.stats.proposalsAccepted.Add(1)
 	s.send(&ProposalResultMessage{CorrelationID: m.CorrelationID, Accepted: true, TransactionID: tx.ID})
+	srv.stats.proposalsAccepted.Add(1) // after the reply is queued: a count a test can wait on
 }
 
 // cleanup releases the session once its connection ended.
