@@ -18,26 +18,14 @@ import (
 func BenchmarkEcho(b *testing.B) {
 	for _, n := range []int{64, 16 << 10} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer ln.Close()
 			ctx := context.Background()
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				nc, err := ln.Accept()
-				if err != nil {
-					return
-				}
+			nc, stop := dialPeer(b, func(nc net.Conn) {
 				srv := newConn(nc, false, "", ConnOptions{ReadLimit: 1 << 20}, nil)
 				var buf []byte
 				for {
 					srv.waitReadable()
 					typ, msg, err := srv.ReadInto(ctx, buf)
 					if err != nil {
-						nc.Close()
 						return
 					}
 					buf = msg[:0]
@@ -45,11 +33,8 @@ func BenchmarkEcho(b *testing.B) {
 						return
 					}
 				}
-			}()
-			nc, err := net.Dial("tcp", ln.Addr().String())
-			if err != nil {
-				b.Fatal(err)
-			}
+			})
+			defer stop()
 			cl := newConn(nc, true, "", ConnOptions{ReadLimit: 1 << 20}, nil)
 			msg := payloadOf(n)
 			buf := make([]byte, 0, n)
@@ -67,8 +52,6 @@ func BenchmarkEcho(b *testing.B) {
 			}
 			b.StopTimer()
 			b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
-			nc.Close()
-			<-done
 		})
 	}
 }

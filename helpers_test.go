@@ -319,6 +319,13 @@ func closePayload(code CloseCode, reason string) []byte {
 // discards everything, and a stop func that closes it and waits for the
 // peer.
 func dialDiscard(tb testing.TB) (net.Conn, func()) {
+	return dialPeer(tb, func(nc net.Conn) { io.Copy(io.Discard, nc) })
+}
+
+// dialPeer returns a TCP connection over loopback whose accepted end is
+// served by peer (which closes it on return), and a stop func that closes
+// the connection and waits for peer.
+func dialPeer(tb testing.TB, peer func(net.Conn)) (net.Conn, func()) {
 	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -331,7 +338,7 @@ func dialDiscard(tb testing.TB) (net.Conn, func()) {
 		if err != nil {
 			return
 		}
-		io.Copy(io.Discard, nc)
+		peer(nc)
 		nc.Close()
 	}()
 	nc, err := net.Dial("tcp", ln.Addr().String())

@@ -262,16 +262,12 @@ func appendServerFrame(dst []byte, payload []byte) []byte {
 // written by one writer per connection, and is bounded by the write
 // timeout.
 func (c *Conn) writeFrames(frames [][]byte) error {
-	if !c.msgLock.tryLock() {
-		if err := c.acquire(context.Background(), &c.msgLock); err != nil {
-			return err
-		}
+	if err := c.acquire(context.Background(), &c.msgLock); err != nil {
+		return err
 	}
-	if !c.frameLock.tryLock() {
-		if err := c.acquire(context.Background(), &c.frameLock); err != nil {
-			c.msgLock.unlock()
-			return err
-		}
+	if err := c.acquire(context.Background(), &c.frameLock); err != nil {
+		c.msgLock.unlock()
+		return err
 	}
 	if c.closeSent.Load() {
 		c.releaseFrame()
