@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -83,6 +84,29 @@ func fanOutHarness(b *testing.B, subs int, sw *swarm, frameLen int, broadcast fu
 	b.ReportMetric(float64(frameLen), "B/delivery")
 }
 
+// countingObserver does per report what a metrics collector does: a few
+// atomic counters and a histogram bucket for each write's frames and
+// latency. (promrt's Prometheus collector costs more per write: its own
+// benchmark, BenchmarkObserverWrote, measures it.)
+func countingObserver() Observer {
+	var frames, bytes, writes atomic.Uint64
+	var latency [16]atomic.Uint64 // powers of 4 from 1 µs
+	return Observer{
+		Wrote: func(r WriteReport) {
+			writes.Add(1)
+			frames.Add(uint64(r.Frames))
+			bytes.Add(uint64(r.Bytes))
+			if r.Latency > 0 {
+				i := 0
+				for d := r.Latency / time.Microsecond; d > 1 && i < len(latency)-1; d /= 4 {
+					i++
+				}
+				latency[i].Add(1)
+			}
+		},
+	}
+}
+
 // cpuTime is the user and system CPU time of this process.
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
@@ -97,13 +121,14 @@ func benchState(i int) json.RawMessage {
 
 func BenchmarkFanOut(b *testing.B) {
 	for _, subs := range []int{1000, 10000} {
-		b.Run(fmt.Sprintf("realtime/subs=%d", subs), func(b *testing.B) { benchFanOutRealtime(b, subs) })
+		b.Run(fmt.Sprintf("realtime/subs=%d", subs), func(b *testing.B) { benchFanOutRealtime(b, subs, Observer{}) })
+		b.Run(fmt.Sprintf("realtime+observer/subs=%d", subs), func(b *testing.B) { benchFanOutRealtime(b, subs, countingObserver()) })
 		b.Run(fmt.Sprintf("baseline/subs=%d", subs), func(b *testing.B) { benchFanOutBaseline(b, subs) })
 	}
 }
 
-func benchFanOutRealtime(b *testing.B, subs int) {
-	rt := startRealtimeFanOut(b, subs)
+func benchFanOutRealtime(b *testing.B, subs int, obs Observer) {
+	rt := startRealtimeFanOut(b, subs, obs)
 	defer rt.stop()
 	fanOutHarness(b, subs, rt.sw, rt.frameLen, rt.broadcast)
 }
@@ -111,13 +136,14 @@ func benchFanOutRealtime(b *testing.B, subs int) {
 // startRealtimeFanOut is the server contender: a Server over a
 // MemoryManager whose "doc" the swarm's subs connections subscribe to; each
 // broadcast applies one transaction.
-func startRealtimeFanOut(b *testing.B, subs int) *baseline {
+func startRealtimeFanOut(b *testing.B, subs int, obs Observer) *baseline {
 	mgr := NewMemoryManager()
 	set := Function{ID: "set", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) { return p, nil }}
 	mgr.Create(context.Background(), "doc", benchState(0), set)
 	// The swarm's clients only read, and a run at 10,000 subscribers can
 	// last past the default idle timeout (which would close them all).
-	srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1, Accept: AcceptOptions{ConnOptions: ConnOptions{IdleTimeout: -1}}, Logger: quietLogger})
+	srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1, Accept: AcceptOptions{ConnOptions: ConnOptions{IdleTimeout: -1}},
+		Logger: quietLogger, Observer: obs})
 	hs := httptest.NewServer(srv)
 	sw := startSwarm(b, hs.Listener.Addr().String(), subs, true)
 	tx, _ := mgr.Apply(context.Background(), "doc", set, benchState(1))

@@ -267,6 +267,18 @@ func (c *Conn) setCloseErr(ce *CloseError) {
 	c.closeMu.Unlock()
 }
 
+// closeStatus returns the code of the close that ended the connection and
+// whether the peer sent it: CloseAbnormalClosure and false when none is
+// recorded.
+func (c *Conn) closeStatus() (CloseCode, bool) {
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	if c.closeErr == nil {
+		return CloseAbnormalClosure, false
+	}
+	return c.closeErr.Code, c.closeErr.Remote
+}
+
 // endErr is the error that operations return once the connection has
 // ended: the recorded CloseError, which also matches ErrClosed.
 func (c *Conn) endErr() error {

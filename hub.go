@@ -30,6 +30,9 @@ type hub struct {
 	// subscription (the send cap): past it the connection is closed with
 	// 4001, as a queue past the cap would be.
 	maxHeld int
+	// stampEvents has each event's frame stamped with the time it came,
+	// for the observer's write latency.
+	stampEvents bool
 
 	mu     sync.RWMutex
 	topics map[string]*topic
@@ -77,6 +80,7 @@ type subscriber struct {
 type heldFrame struct {
 	version uint64
 	frame   []byte
+	at      int64 // when the hub received the event (0: not stamped)
 	removed bool
 }
 
@@ -112,6 +116,10 @@ func (h *hub) deliver(ev Event) {
 	if t == nil {
 		return // no local subscriber
 	}
+	var at int64
+	if h.stampEvents {
+		at = stamp()
+	}
 	var msg ServerMessage
 	switch ev.Kind {
 	case EventTransaction:
@@ -127,7 +135,7 @@ func (h *hub) deliver(ev Event) {
 	}
 	payload := msg.AppendJSON(make([]byte, 0, 256))
 	frame := appendServerFrame(make([]byte, 0, len(payload)+maxHeaderSize), payload)
-	t.fanOut(ev.Version, frame, ev.Kind == EventRemoved, h.maxHeld)
+	t.fanOut(heldFrame{version: ev.Version, frame: frame, at: at, removed: ev.Kind == EventRemoved}, h.maxHeld)
 	if ev.Kind == EventRemoved {
 		h.dropTopicIfEmpty(t)
 	}
@@ -139,7 +147,7 @@ func (h *hub) deliver(ev Event) {
 // see a gap in the versions, or holds more than maxHeld bytes, is closed
 // with 4001, so its client resubscribes with since rather than miss a
 // transaction. On removal, the subscriptions end after the frame.
-func (t *topic) fanOut(version uint64, frame []byte, removed bool, maxHeld int) {
+func (t *topic) fanOut(ev heldFrame, maxHeld int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for i := 0; i < len(t.subs); i++ {
@@ -149,13 +157,13 @@ func (t *topic) fanOut(version uint64, frame []byte, removed bool, maxHeld int) 
 		case subEnded:
 			continue
 		default:
-			sub.hold(version, frame, removed, maxHeld)
+			sub.hold(ev, maxHeld)
 			continue
 		}
-		if !sub.deliver(version, frame) {
+		if !sub.deliver(ev.version, ev.frame, ev.at) {
 			continue
 		}
-		if removed {
+		if ev.removed {
 			sub.end()
 			i-- // the last subscription moved into slot i
 		}
@@ -164,27 +172,28 @@ func (t *topic) fanOut(version uint64, frame []byte, removed bool, maxHeld int) 
 
 // hold keeps an event's frame for a subscription that is not live yet. The
 // caller holds topic.mu.
-func (sub *subscriber) hold(version uint64, frame []byte, removed bool, maxHeld int) {
-	if len(frame) > maxHeld-sub.heldBytes { // heldBytes <= maxHeld: cannot overflow
-		sub.fellBehind("send buffer overflow during the replay: the client fell behind")
+func (sub *subscriber) hold(ev heldFrame, maxHeld int) {
+	if len(ev.frame) > maxHeld-sub.heldBytes { // heldBytes <= maxHeld: cannot overflow
+		sub.fellBehind(causeSlowConsumer, "send buffer overflow during the replay: the client fell behind")
 		return
 	}
-	sub.heldBytes += len(frame)
-	sub.held = append(sub.held, heldFrame{version: version, frame: frame, removed: removed})
+	sub.heldBytes += len(ev.frame)
+	sub.held = append(sub.held, ev)
 }
 
-// deliver queues frame if version is the next one the subscription
-// expects, and reports whether it did. The caller holds topic.mu.
-func (sub *subscriber) deliver(version uint64, frame []byte) bool {
+// deliver queues frame, which the hub received at the stamp at, if version
+// is the next one the subscription expects, and reports whether it did.
+// The caller holds topic.mu.
+func (sub *subscriber) deliver(version uint64, frame []byte, at int64) bool {
 	switch {
 	case version <= sub.version:
 		return false // already reflected in its snapshot
 	case version != sub.version+1:
-		sub.fellBehind("missed events of " + quoteForError(sub.id) + "; resubscribe")
+		sub.fellBehind(causeEventsLost, "missed events of "+quoteForError(sub.id)+"; resubscribe")
 		return false
 	}
 	sub.version = version
-	sub.sess.enqueue(frame)
+	sub.sess.enqueueAt(frame, at)
 	return true
 }
 
@@ -196,11 +205,11 @@ func (sub *subscriber) stop() {
 	sub.held, sub.heldBytes = nil, 0
 }
 
-// fellBehind stops sub and closes its connection with 4001, so its client
-// resubscribes from its cursor. The caller holds topic.mu.
-func (sub *subscriber) fellBehind(reason string) {
+// fellBehind stops sub and closes its connection with 4001, for cause, so
+// its client resubscribes from its cursor. The caller holds topic.mu.
+func (sub *subscriber) fellBehind(cause causeCode, reason string) {
 	sub.stop()
-	sub.sess.close(CloseFellBehind, reason, false)
+	sub.sess.close(cause, CloseFellBehind, reason, false)
 }
 
 // end unregisters a subscription whose share data was removed. The caller
@@ -227,7 +236,7 @@ func (h *hub) lost(id string) {
 	for _, t := range topics {
 		t.mu.Lock()
 		for _, sub := range t.subs {
-			sub.sess.close(CloseFellBehind, "events may have been lost; resubscribe", false)
+			sub.sess.close(causeEventsLost, CloseFellBehind, "events may have been lost; resubscribe", false)
 			n++
 		}
 		t.mu.Unlock()
@@ -236,10 +245,6 @@ func (h *hub) lost(id string) {
 		h.log.Warn("realtime: events may have been lost; closed the subscribed connections", "share_data_id", id, "subscriptions", n)
 	}
 }
-
-// errJoinUnknown reports a subscribe to a share data id the manager does
-// not know.
-var errJoinUnknown = errors.New("unknown share data")
 
 // join subscribes sess to id. The subscription registers before the
 // snapshot is taken, so every event from then on is either reflected in the
@@ -253,23 +258,25 @@ var errJoinUnknown = errors.New("unknown share data")
 // window larger than the send cap. The live frames that arrive meanwhile
 // are held (at most maxHeld bytes).
 //
-// It returns errJoinUnknown when id does not exist, after which the
-// connection is to be closed with 4003. A failure the server may recover
-// from (the manager or the replay store briefly unreachable) is answered
-// with an internal-error frame naming id, and the subscription is not
-// kept: the client subscribes again later.
-func (h *hub) join(ctx context.Context, sess *session, id, since string, hasSince bool) error {
+// It returns the outcome, which the session reported (through remember)
+// when the subscription was kept. SubscribeUnknown means id does not exist,
+// after which the connection is to be closed with 4003. A failure the
+// server may recover from (the manager or the replay store briefly
+// unreachable) is answered with an internal-error frame naming id, and the
+// subscription is not kept (SubscribeFailed): the client subscribes again
+// later.
+func (h *hub) join(ctx context.Context, sess *session, id, since string, hasSince bool) SubscribeOutcome {
 	sub := &subscriber{sess: sess, id: id, index: -1}
 	h.attach(sub)
 	snap, err := h.manager.Snapshot(ctx, id)
 	if err != nil {
 		h.detach(sub)
 		if errors.Is(err, ErrUnknownShareData) {
-			return errJoinUnknown
+			return SubscribeUnknown
 		}
 		h.log.Error("realtime: snapshot failed", "share_data_id", id, "err", err)
 		sess.send(&ErrorMessage{Code: CodeInternal, Message: "could not read the share data; subscribe again", ShareDataID: id})
-		return nil
+		return SubscribeFailed
 	}
 	var replay []ReplayRecord
 	var replayErr error
@@ -279,7 +286,7 @@ func (h *hub) join(ctx context.Context, sess *session, id, since string, hasSinc
 			h.detach(sub)
 			h.log.Error("realtime: replay failed", "share_data_id", id, "err", replayErr)
 			sess.send(&ErrorMessage{Code: CodeInternal, Message: "could not read the replay window; subscribe again", ShareDataID: id})
-			return nil
+			return SubscribeFailed
 		}
 	}
 
@@ -289,7 +296,7 @@ func (h *hub) join(ctx context.Context, sess *session, id, since string, hasSinc
 		// Closed for falling behind while the snapshot was read.
 		t.mu.Unlock()
 		h.detach(sub)
-		return nil
+		return SubscribeFailed
 	}
 	defer t.mu.Unlock()
 	sess.send(&StateMessage{ShareDataID: id, CurrentState: snap.State, LastTransactionID: snap.LastTransactionID})
@@ -298,15 +305,22 @@ func (h *hub) join(ctx context.Context, sess *session, id, since string, hasSinc
 			Message: "cursor " + quoteForError(since) + " is outside the replay window; transactions before the state were not replayed", ShareDataID: id})
 	}
 	sub.version = snap.Version
-	sess.remember(sub)
+	outcome := SubscribeNew
+	switch {
+	case replayErr != nil:
+		outcome = SubscribeCursorNotFound
+	case hasSince:
+		outcome = SubscribeRecovered
+	}
+	sess.remember(sub, outcome)
 	if len(replay) > 0 {
 		sub.state = subReplaying
 		h.wg.Add(1)
 		go h.feed(sub, replay)
-		return nil
+		return outcome
 	}
 	sub.goLive()
-	return nil
+	return outcome
 }
 
 // feed queues a replay for sub as its connection's queue drains, then the
@@ -359,7 +373,7 @@ func (sub *subscriber) goLive() int {
 		sub.held[0] = heldFrame{}
 		sub.held = sub.held[1:]
 		sub.heldBytes -= len(p.frame)
-		if sub.deliver(p.version, p.frame) && p.removed {
+		if sub.deliver(p.version, p.frame, p.at) && p.removed {
 			sub.end()
 			return -1
 		}

@@ -129,6 +129,12 @@ type ServerOptions struct {
 	// slow-consumer and heartbeat closes at Warn, failures at Error;
 	// nothing per message above Debug. Nil means slog.Default().
 	Logger *slog.Logger
+
+	// Observer receives the server's events for metrics (see Observer;
+	// the module github.com/degenerate/realtime/promrt turns them into
+	// Prometheus metrics). The zero value reports nothing and costs
+	// nothing.
+	Observer Observer
 }
 
 // withDefaults resolves the zero values. Negative limits become
@@ -283,7 +289,7 @@ func NewServer(m Manager, opts *ServerOptions) *Server {
 		s.reg = NewMemoryChannelRegistry()
 	}
 	s.hub = &hub{manager: m, store: s.store, log: s.log, wg: &s.wg,
-		maxHeld: o.MaxBufferedBytes, topics: make(map[string]*topic)}
+		maxHeld: o.MaxBufferedBytes, stampEvents: o.Observer.Wrote != nil, topics: make(map[string]*topic)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.detachFn = s.reg.Attach(s.hub.deliver)
 	s.unlisten = func() {}
@@ -312,7 +318,7 @@ func (s *Server) closeSpread(ctx context.Context, sessions []*session) {
 			wait.Stop()
 		}
 		for _, sess := range sessions[:n] {
-			sess.close(s.opts.ShutdownCode, "server shutting down", true)
+			sess.close(causeShutdown, s.opts.ShutdownCode, "server shutting down", true)
 		}
 		sessions = sessions[n:]
 	}
@@ -342,7 +348,7 @@ func (s *Server) Disconnect(match func(auth any) bool, code CloseCode, reason st
 	}
 	sessions := s.matching(match)
 	for _, sess := range sessions {
-		sess.close(code, reason, false)
+		sess.close(causeDisconnect, code, reason, false)
 	}
 	return len(sessions), nil
 }
@@ -434,12 +440,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		go s.heartbeat()
 	}
 	s.mu.Unlock()
+	if f := s.opts.Observer.ConnectionOpened; f != nil {
+		f() // before the read loop, which reports the end
+	}
 	if closed {
-		sess.close(s.opts.ShutdownCode, "server shutting down", true)
+		sess.close(causeShutdown, s.opts.ShutdownCode, "server shutting down", true)
 	}
 	if exp, ok := auth.(interface{ ExpiresAt() time.Time }); ok {
 		sess.expiry = time.AfterFunc(time.Until(exp.ExpiresAt()), func() {
-			sess.close(CloseUnauthorized, "token expired", false)
+			sess.close(causeExpired, CloseUnauthorized, "token expired", false)
 		})
 	}
 	s.log.Debug("realtime: connection open", sess.logAttrs())
@@ -497,6 +506,28 @@ func (s *Server) removeSession(sess *session) {
 	s.mu.Unlock()
 }
 
+// subscribed counts a subscribe's outcome for the observer.
+func (s *Server) subscribed(o SubscribeOutcome) {
+	if f := s.opts.Observer.Subscribed; f != nil {
+		f(o)
+	}
+}
+
+// subscriptionEnded counts the end of a subscription that was kept.
+func (s *Server) subscriptionEnded() {
+	s.stats.subscriptions.Add(-1)
+	if f := s.opts.Observer.Unsubscribed; f != nil {
+		f()
+	}
+}
+
+// proposed reports an answered proposal, begun at start, to the observer.
+func (s *Server) proposed(functionID string, o ProposalOutcome, start time.Time) {
+	if f := s.opts.Observer.Proposed; f != nil {
+		f(ProposalReport{FunctionID: functionID, Outcome: o, Duration: time.Since(start)})
+	}
+}
+
 // goClose closes conn with a close handshake on a goroutine of the
 // server's, so the caller never waits for a slow peer.
 func (s *Server) goClose(conn *Conn, code CloseCode, reason string) {
@@ -533,6 +564,7 @@ func (s *Server) heartbeat() {
 			if sess.pinged && pongs == sess.pongsSeen {
 				s.stats.heartbeatCloses.Add(1)
 				s.log.Warn("realtime: closing a connection that did not answer a ping", sess.logAttrs())
+				sess.markCause(causeHeartbeat)
 				sess.conn.CloseNow()
 				continue
 			}
@@ -581,6 +613,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.mu.RUnlock()
 		for _, sess := range sessions {
+			sess.markCause(causeShutdown)
 			sess.conn.CloseNow()
 		}
 		<-done

@@ -2,7 +2,6 @@ package realtime
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -27,11 +26,12 @@ type session struct {
 	expiry  *time.Timer
 
 	mu      sync.Mutex
-	queue   [][]byte // frames accepted, not yet taken by the writer
-	spare   [][]byte // the writer's previous batch, reused
-	queued  int      // bytes accepted and not yet written
-	writing bool     // a writer goroutine is running
-	closing bool     // no more frames are accepted
+	queue   [][]byte  // frames accepted, not yet taken by the writer
+	spare   [][]byte  // the writer's previous batch, reused
+	queued  int       // bytes accepted and not yet written
+	writing bool      // a writer goroutine is running
+	closing bool      // no more frames are accepted
+	cause   causeCode // why the server closed it, the first reason
 	// roomWaiters counts the producers waiting in waitRoom; room wakes
 	// them (made at the first wait, so a connection that never replays
 	// does not pay for it).
@@ -41,6 +41,9 @@ type session struct {
 	closeCode   CloseCode
 	closeReason string
 	subs        subList
+	// oldestAt stamps the oldest event frame queued (0: none), when the
+	// server reports its writes (Observer.Wrote).
+	oldestAt int64
 
 	// Heartbeat state, touched only by the heartbeat goroutine.
 	pinged    bool
@@ -49,7 +52,11 @@ type session struct {
 
 // enqueue accepts a frame for sending. It never blocks: when the queued
 // bytes would pass the cap, the connection is closed with 4001 instead.
-func (s *session) enqueue(frame []byte) {
+func (s *session) enqueue(frame []byte) { s.enqueueAt(frame, 0) }
+
+// enqueueAt is enqueue for an event's frame that the hub received at the
+// stamp at (0: not stamped).
+func (s *session) enqueueAt(frame []byte, at int64) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -60,11 +67,14 @@ func (s *session) enqueue(frame []byte) {
 		s.mu.Unlock()
 		s.srv.stats.slowConsumerCloses.Add(1)
 		s.srv.log.Warn("realtime: closing a slow consumer", "remote", s.conn.RemoteAddr().String(), "queued_bytes", queued)
-		s.close(CloseFellBehind, "send buffer overflow: the client fell behind", false)
+		s.close(causeSlowConsumer, CloseFellBehind, "send buffer overflow: the client fell behind", false)
 		return
 	}
 	s.queue = append(s.queue, frame)
 	s.queued += len(frame)
+	if s.oldestAt == 0 {
+		s.oldestAt = at
+	}
 	s.startWriterLocked()
 	s.mu.Unlock()
 }
@@ -123,22 +133,24 @@ func (s *session) send(m ServerMessage) {
 	s.enqueue(appendServerFrame(nil, m.AppendJSON(nil)))
 }
 
-// close stops the connection with code. With drain, frames already queued
-// are sent first (graceful shutdown); without, they are dropped and the
-// close frame goes out as soon as the connection can take it. It never
-// blocks.
-func (s *session) close(code CloseCode, reason string, drain bool) {
+// close stops the connection with code, for cause. With drain, frames
+// already queued are sent first (graceful shutdown); without, they are
+// dropped and the close frame goes out as soon as the connection can take
+// it. It never blocks.
+func (s *session) close(cause causeCode, code CloseCode, reason string, drain bool) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
 		return
 	}
 	s.closing = true
+	s.setCauseLocked(cause)
 	s.wakeLocked()
 	s.closeCode, s.closeReason = code, reason
 	if !drain {
 		clear(s.queue)
 		s.queue = s.queue[:0]
+		s.oldestAt = 0
 		if s.writing {
 			// The writer is busy (maybe blocked on a slow peer): close
 			// from here, so the close frame follows the current write.
@@ -162,21 +174,36 @@ func (s *session) close(code CloseCode, reason string, drain bool) {
 // close, an error) are calls of their own.
 func (s *session) writeLoop() {
 	for {
-		batch := s.nextBatch()
+		batch, at := s.nextBatch()
 		if batch == nil {
 			break
 		}
-		if !s.batchDone(batch, s.writeBatch(batch)) {
+		size, err := s.writeBatch(batch)
+		if err == nil && s.srv.opts.Observer.Wrote != nil {
+			s.reportWrite(len(batch), size, at)
+		}
+		if !s.batchDone(batch, err) {
 			break
 		}
 	}
 	s.srv.wg.Done()
 }
 
-// nextBatch takes what is queued, first sending a ping or pong owed to the
-// peer; with nothing queued it ends the writer (sending the close asked
-// for, if any) and returns nil.
-func (s *session) nextBatch() [][]byte {
+// reportWrite tells the observer of a batch of frames and size bytes
+// written, whose oldest event frame the hub received at the stamp at (0:
+// none).
+func (s *session) reportWrite(frames, size int, at int64) {
+	r := WriteReport{Frames: frames, Bytes: size}
+	if at != 0 {
+		r.Latency = time.Duration(stamp() - at)
+	}
+	s.srv.opts.Observer.Wrote(r)
+}
+
+// nextBatch takes what is queued, and the stamp of its oldest event frame,
+// first sending a ping or pong owed to the peer; with nothing queued it
+// ends the writer (sending the close asked for, if any) and returns nil.
+func (s *session) nextBatch() ([][]byte, int64) {
 	for {
 		s.mu.Lock()
 		if len(s.queue) == 0 && s.conn.controlPending() && !s.conn.isClosed() {
@@ -195,12 +222,12 @@ func (s *session) nextBatch() [][]byte {
 			if code != 0 {
 				s.conn.Close(code, reason)
 			}
-			return nil
+			return nil, 0
 		}
-		batch := s.queue
-		s.queue, s.spare = s.spare[:0], nil
+		batch, at := s.queue, s.oldestAt
+		s.queue, s.spare, s.oldestAt = s.spare[:0], nil, 0
 		s.mu.Unlock()
-		return batch
+		return batch, at
 	}
 }
 
@@ -213,10 +240,14 @@ func (s *session) batchDone(batch [][]byte, err error) bool {
 	s.spare = batch[:0]
 	if err != nil {
 		s.closing = true
+		if isTimeout(err) {
+			s.setCauseLocked(causeWriteTimeout)
+		}
 		s.wakeLocked()
 		s.writing = false
 		clear(s.queue)
 		s.queue = s.queue[:0]
+		s.oldestAt = 0
 	}
 	s.mu.Unlock()
 	return err == nil
@@ -227,8 +258,10 @@ func (s *session) batchDone(batch [][]byte, err error) bool {
 // completes, so the cap measures what is really unsent and a fast reader
 // behind a large batch is not taken for a slow one. The write timeout
 // bounds each call, and Shutdown's forced close ends a blocked one, so no
-// context is watched (watching one would allocate on every wake-up).
-func (s *session) writeBatch(frames [][]byte) error {
+// context is watched (watching one would allocate on every wake-up). It
+// returns the bytes written.
+func (s *session) writeBatch(frames [][]byte) (int, error) {
+	total := 0
 	for len(frames) > 0 {
 		n, size := 0, 0
 		for n < len(frames) && (n == 0 || size+len(frames[n]) <= maxWriteBatch) {
@@ -236,12 +269,13 @@ func (s *session) writeBatch(frames [][]byte) error {
 			n++
 		}
 		if err := s.conn.writeFrames(frames[:n]); err != nil {
-			return err
+			return total, err
 		}
 		s.sent(n, size)
+		total += size
 		frames = frames[n:]
 	}
-	return nil
+	return total, nil
 }
 
 // sent accounts for n frames of size bytes written.
@@ -272,7 +306,7 @@ func (s *session) forget(sub *subscriber) {
 	s.mu.Lock()
 	s.subs.remove(sub)
 	s.mu.Unlock()
-	s.srv.stats.subscriptions.Add(-1)
+	s.srv.subscriptionEnded()
 }
 
 // readLoop serves the client's messages until the connection ends. It
@@ -296,7 +330,7 @@ func (s *session) serve() {
 		typ, msg, err := s.conn.ReadInto(context.Background(), buf)
 		if err != nil {
 			s.srv.log.Debug("realtime: connection ended", "remote", s.conn.RemoteAddr().String(), "err", err)
-			s.cleanup()
+			s.cleanup(err)
 			return
 		}
 		buf = msg
@@ -307,12 +341,12 @@ func (s *session) serve() {
 			continue // keep reading until the close handshake is done
 		}
 		if typ != MessageText {
-			s.close(CloseUnsupportedData, "binary messages are not part of the protocol", true)
+			s.close(causeProtocol, CloseUnsupportedData, "binary messages are not part of the protocol", true)
 			continue
 		}
 		m, err := DecodeClientMessage(msg)
 		if err != nil {
-			s.close(CloseInvalidMessage, closeReasonOf(err), true)
+			s.close(causeProtocol, CloseInvalidMessage, closeReasonOf(err), true)
 			continue
 		}
 		s.dispatch(m)
@@ -345,6 +379,7 @@ func (s *session) subscribe(m *SubscribeMessage) {
 	if az := srv.opts.AuthorizeSubscribe; az != nil {
 		if err := az(s.ctx, s.auth, id); err != nil {
 			s.send(&ErrorMessage{Code: CodeForbidden, Message: peerText(err), ShareDataID: id})
+			srv.subscribed(SubscribeForbidden)
 			return
 		}
 	}
@@ -354,6 +389,7 @@ func (s *session) subscribe(m *SubscribeMessage) {
 		s.mu.Unlock()
 		s.send(&ErrorMessage{Code: CodeTooManySubscriptions,
 			Message: "at most " + strconv.Itoa(srv.opts.MaxSubscriptionsPerConnection) + " subscriptions per connection", ShareDataID: id})
+		srv.subscribed(SubscribeLimit)
 		return
 	}
 	s.mu.Unlock()
@@ -362,21 +398,29 @@ func (s *session) subscribe(m *SubscribeMessage) {
 		// (and replay), then live frames once.
 		s.unsubscribe(id)
 	}
-	if err := srv.hub.join(s.ctx, s, id, m.Since, m.HasSince); errors.Is(err, errJoinUnknown) {
+	switch srv.hub.join(s.ctx, s, id, m.Since, m.HasSince) {
+	case SubscribeUnknown:
 		// The error frame names the id whole; the close reason is for
 		// people and may be cut.
 		s.send(&ErrorMessage{Code: CodeUnknownShareData, Message: "the share data does not exist", ShareDataID: id})
-		s.close(CloseUnknownShareData, "unknown share data "+quoteForError(id), true)
+		s.close(causeProtocol, CloseUnknownShareData, "unknown share data "+quoteForError(id), true)
+		srv.subscribed(SubscribeUnknown)
+	case SubscribeFailed:
+		srv.subscribed(SubscribeFailed)
 	}
+	// The other outcomes were reported by remember.
 }
 
-// remember records a subscription the hub joined, so that unsubscribe and
-// the end of the connection find it.
-func (s *session) remember(sub *subscriber) {
+// remember records a subscription the hub joined, with its outcome, so
+// that unsubscribe and the end of the connection find it. It reports the
+// subscription before the hub can end it, so the observer never sees a
+// subscription end before it began.
+func (s *session) remember(sub *subscriber, outcome SubscribeOutcome) {
 	s.mu.Lock()
 	s.subs = append(s.subs, sub)
 	s.mu.Unlock()
 	s.srv.stats.subscriptions.Add(1)
+	s.srv.subscribed(outcome)
 }
 
 // unsubscribe stops the frames of one share data item. Unknown ids are
@@ -388,42 +432,49 @@ func (s *session) unsubscribe(id string) {
 	s.mu.Unlock()
 	if sub != nil {
 		s.srv.hub.detach(sub)
-		s.srv.stats.subscriptions.Add(-1)
+		s.srv.subscriptionEnded()
 	}
 }
 
 func (s *session) propose(m *ProposeMessage) {
 	srv := s.srv
-	reject := func(reason string) {
+	var start time.Time
+	if srv.opts.Observer.Proposed != nil {
+		start = time.Now()
+	}
+	reject := func(outcome ProposalOutcome, reason string) {
 		srv.stats.proposalsRejected.Add(1)
 		s.send(&ProposalResultMessage{CorrelationID: m.CorrelationID, Error: reason})
+		srv.proposed(m.FunctionID, outcome, start)
 	}
 	if az := srv.opts.AuthorizePropose; az != nil {
 		if err := az(s.ctx, s.auth, m.ShareDataID, m.FunctionID); err != nil {
-			reject(peerText(err))
+			reject(ProposalForbidden, peerText(err))
 			return
 		}
 	}
 	if srv.opts.ResolveFunction == nil {
-		reject("propose is not enabled on this server")
+		reject(ProposalDisabled, "propose is not enabled on this server")
 		return
 	}
 	fn, err := srv.opts.ResolveFunction(s.ctx, m.ShareDataID, m.FunctionID)
 	if err != nil {
-		reject(peerText(err))
+		reject(ProposalUnresolved, peerText(err))
 		return
 	}
 	tx, err := srv.manager.Apply(s.ctx, m.ShareDataID, fn, m.ProposedData)
 	if err != nil {
-		reject(peerText(err))
+		reject(ProposalRejected, peerText(err))
 		return
 	}
 	s.send(&ProposalResultMessage{CorrelationID: m.CorrelationID, Accepted: true, TransactionID: tx.ID})
+	srv.proposed(m.FunctionID, ProposalAccepted, start)
 	srv.stats.proposalsAccepted.Add(1) // after the reply is queued: a count a test can wait on
 }
 
-// cleanup releases the session once its connection ended.
-func (s *session) cleanup() {
+// cleanup releases the session once its connection ended; readErr is
+// what ended the read loop.
+func (s *session) cleanup(readErr error) {
 	s.conn.CloseNow()
 	if s.expiry != nil {
 		s.expiry.Stop()
@@ -435,12 +486,31 @@ func (s *session) cleanup() {
 	s.subs = nil
 	clear(s.queue)
 	s.queue = nil
+	cause := s.cause
 	s.mu.Unlock()
 	for _, sub := range subs {
 		s.srv.hub.detach(sub)
-		s.srv.stats.subscriptions.Add(-1)
+		s.srv.subscriptionEnded()
 	}
 	s.srv.removeSession(s)
+	if f := s.srv.opts.Observer.ConnectionClosed; f != nil {
+		f(endReport(s.conn, cause, readErr))
+	}
+}
+
+// setCauseLocked records why the server closes the connection unless a
+// reason is known already; the caller holds mu.
+func (s *session) setCauseLocked(c causeCode) {
+	if s.cause == causeNone {
+		s.cause = c
+	}
+}
+
+// markCause is setCauseLocked for a caller that does not hold mu.
+func (s *session) markCause(c causeCode) {
+	s.mu.Lock()
+	s.setCauseLocked(c)
+	s.mu.Unlock()
 }
 
 // logAttrs describes the session in log lines.
