@@ -109,7 +109,7 @@ total_fail=$((total_fail + js_fail))
 # Allocation counts are checked without the race detector, which allocates
 # on its own.
 echo "=== allocation checks (no -race)"
-run "allocation checks" "$logs/allocs.log" go test -count=1 -v -run 'Allocs' .
+run "allocation checks" "$logs/allocs.log" go test -count=1 -v -run 'Allocs' . ./promrt
 
 echo "=== summary"
 for line in "${summary[@]}"; do
