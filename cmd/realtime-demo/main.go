@@ -1,6 +1,7 @@
 // Command realtime-demo serves the realtime demo: a web page at / and the
-// realtime endpoint at /realtime, over an in-memory manager holding the
-// share data "demo" and "board".
+// realtime endpoint at /realtime, over a manager holding the share data
+// "demo" and "board", with a readiness probe at /ready and Prometheus
+// metrics at /metrics.
 //
 //	go run ./cmd/realtime-demo            # serve on 127.0.0.1:8080
 //	go run ./cmd/realtime-demo -loopback  # walk a Go client through the protocol and exit
@@ -23,7 +24,11 @@ import (
 
 	"github.com/degenerate/realtime"
 	"github.com/degenerate/realtime/internal/demo"
+	"github.com/degenerate/realtime/promrt"
 	"github.com/degenerate/realtime/redisrt"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -85,7 +90,13 @@ func main() {
 		logger.Error("creating the demo's share data", "err", err)
 		os.Exit(1)
 	}
+	// The demo's function ids are few and fixed, so each gets its own
+	// label value; anything else a client sends counts as "other".
+	metrics := promrt.New(&promrt.Options{FunctionIDs: []string{demo.Set.ID, demo.Increment.ID, demo.Add.ID, demo.Clear.ID}})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := &realtime.ServerOptions{
+		Observer:          metrics.Observer(),
 		ReplayStore:       replayStore,
 		ResolveFunction:   realtime.IDFunctionResolver(mgr),
 		HeartbeatInterval: *heartbeat,
@@ -106,8 +117,11 @@ func main() {
 		logger.Error("listen", "err", err)
 		os.Exit(1)
 	}
-	hs := demo.NewHTTPServer(demo.Handler(srv)) // with ReadHeaderTimeout, IdleTimeout, MaxHeaderBytes
-	fmt.Printf("realtime demo: open http://%s/ (realtime endpoint ws://%s/realtime)\n", ln.Addr(), ln.Addr())
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelError)}))
+	mux.Handle("/", demo.Handler(srv))
+	hs := demo.NewHTTPServer(mux) // with ReadHeaderTimeout, IdleTimeout, MaxHeaderBytes
+	fmt.Printf("realtime demo: open http://%s/ (realtime endpoint ws://%s/realtime, metrics http://%s/metrics)\n", ln.Addr(), ln.Addr(), ln.Addr())
 	if *jwtSecret != "" {
 		tok := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
 			"iss": *jwtIssuer, "sub": "demo-user", "aud": realtime.AudienceShareData, "exp": time.Now().Add(time.Hour).Unix(),
