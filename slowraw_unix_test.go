@@ -72,3 +72,61 @@ func TestBlockedRealPeerHurtsOnlyItself(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+// TestDisconnectDropsQueuedFrames: a revoked user gets nothing more. A
+// subscriber that stopped reading has megabytes queued when Disconnect
+// closes it; once it reads again it finds what was already in the socket
+// buffers, at most one more write's worth, then the close frame with the
+// code Disconnect gave: the queued frames were dropped, not drained.
+func TestDisconnectDropsQueuedFrames(t *testing.T) {
+	rs := newRTServer(t, &ServerOptions{HeartbeatInterval: -1, MaxBufferedBytes: 64 << 20})
+	slow := dialSlowRaw(t, rs) // subscribed to doc, reads nothing more for now
+	set, _ := rs.mgr.Function("doc", "set")
+	big := json.RawMessage(`"` + strings.Repeat("x", 8<<10) + `"`) // frames of about 16 KiB
+	const applied = 600                                                // about 10 MiB, past the socket buffers
+	for i := 0; i < applied; i++ {
+		if _, err := rs.mgr.Apply(context.Background(), "doc", set, big); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var sess *session
+	rs.mu.RLock()
+	for s := range rs.sessions {
+		sess = s
+	}
+	rs.mu.RUnlock()
+	// Every frame is queued or written once the last Apply returned (the
+	// fan-out is synchronous); the writer is blocked on the full socket.
+	sess.mu.Lock()
+	queued := sess.queued
+	sess.mu.Unlock()
+	frameLen := 16 << 10
+	if queued < 4<<20 {
+		t.Fatalf("only %d bytes queued; the test needs a backlog", queued)
+	}
+	if n, err := rs.Disconnect(func(any) bool { return true }, 4010, "revoked"); n != 1 || err != nil {
+		t.Fatalf("Disconnect: %d, %v", n, err)
+	}
+	received := 0
+	for {
+		f, err := slow.readFrame()
+		if err != nil {
+			t.Fatalf("after %d transactions: %v before the close frame", received, err)
+		}
+		if f.op() == opClose {
+			if code := CloseCode(int(f.payload[0])<<8 | int(f.payload[1])); code != 4010 {
+				t.Fatalf("closed with %s", code)
+			}
+			break
+		}
+		received++
+	}
+	// What was queued is at least queued/frameLen frames (each a little
+	// over 16 KiB); of them, one write of at most maxWriteBatch may have
+	// been under way.
+	notQueued := applied - queued/(frameLen+1024)
+	if limit := notQueued + maxWriteBatch/frameLen + 1; received > limit {
+		t.Fatalf("received %d of %d transactions after Disconnect with %d bytes queued; want at most %d", received, applied, queued, limit)
+	}
+	t.Logf("received %d of %d; %d bytes were queued", received, applied, queued)
+}
