@@ -44,3 +44,16 @@ func BenchmarkObserverWrote(b *testing.B) {
 		o.Wrote(r)
 	}
 }
+
+// BenchmarkObserverWroteParallel is the same with writers on every core
+// reporting at once, as at saturation: they share the metrics' counters.
+func BenchmarkObserverWroteParallel(b *testing.B) {
+	o := New(nil).Observer()
+	r := realtime.WriteReport{Frames: 1, Bytes: 120, Latency: 300 * time.Microsecond}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			o.Wrote(r)
+		}
+	})
+}

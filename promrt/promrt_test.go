@@ -1,6 +1,7 @@
 package promrt
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -168,4 +169,28 @@ func gather(t *testing.T, c prometheus.Collector) map[string]*dto.MetricFamily {
 		out[mf.GetName()] = mf
 	}
 	return out
+}
+
+// TestLeanBuckets: an observation equal to a bucket's upper bound counts
+// in that bucket (le is inclusive), one unit more in the next; the
+// buckets are cumulative, +Inf holds the count, and the sum is in the
+// exposition's unit.
+func TestLeanBuckets(t *testing.T) {
+	h := newLean("x_seconds", "x.", nil, []float64{0.001, 0.0025, 1}, float64(time.Second))
+	for _, d := range []time.Duration{time.Millisecond, time.Millisecond + 1, 2500 * time.Microsecond, time.Second, time.Second + 1, time.Hour} {
+		h.observe(uint64(d))
+	}
+	mf := gather(t, h)["x_seconds"]
+	hist := mf.GetMetric()[0].GetHistogram()
+	var got []string
+	for _, b := range hist.GetBucket() {
+		got = append(got, fmt.Sprintf("%v:%d", b.GetUpperBound(), b.GetCumulativeCount()))
+	}
+	if s := strings.Join(got, " "); s != "0.001:1 0.0025:3 1:4" {
+		t.Errorf("buckets %s, want 0.001:1 0.0025:3 1:4", s)
+	}
+	wantSum := (time.Millisecond + time.Millisecond + 1 + 2500*time.Microsecond + time.Second + time.Second + 1 + time.Hour).Seconds()
+	if hist.GetSampleCount() != 6 || hist.GetSampleSum() != wantSum {
+		t.Errorf("count %d, sum %v; want 6, %v", hist.GetSampleCount(), hist.GetSampleSum(), wantSum)
+	}
 }
