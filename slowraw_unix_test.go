@@ -83,7 +83,7 @@ func TestDisconnectDropsQueuedFrames(t *testing.T) {
 	slow := dialSlowRaw(t, rs) // subscribed to doc, reads nothing more for now
 	set, _ := rs.mgr.Function("doc", "set")
 	big := json.RawMessage(`"` + strings.Repeat("x", 8<<10) + `"`) // frames of about 16 KiB
-	const applied = 600                                                // about 10 MiB, past the socket buffers
+	const applied = 600                                            // about 10 MiB, past the socket buffers
 	for i := 0; i < applied; i++ {
 		if _, err := rs.mgr.Apply(context.Background(), "doc", set, big); err != nil {
 			t.Fatal(err)
