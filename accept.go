@@ -38,6 +38,15 @@ type AcceptOptions struct {
 	// credentials (cookies, client certificates, HTTP auth).
 	SkipOriginCheck bool
 
+	// EnableCompression negotiates permessage-deflate (RFC 7692) with
+	// clients that offer it, as every browser does: both directions
+	// without context takeover, so compressing costs no memory between
+	// messages, and messages of CompressionThreshold bytes or more are
+	// compressed. Off by default, as in gorilla/websocket, Centrifuge and
+	// Phoenix: compression costs CPU per message and leaks through sizes
+	// what a message shares with another (see the README).
+	EnableCompression bool
+
 	// HandshakeTimeout bounds the writing of the 101 response after the
 	// connection is hijacked. Zero means 10 s. Negative means no timeout.
 	// The
@@ -135,6 +144,7 @@ func Accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn,
 		return nil, herr
 	}
 	subprotocol := selectSubprotocol(r, o.Subprotocols)
+	deflate := o.EnableCompression && acceptDeflate(r.Header.Values("Sec-WebSocket-Extensions"))
 
 	nc, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
@@ -157,6 +167,9 @@ func Accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn,
 		b.WriteString("Sec-WebSocket-Protocol: ")
 		b.WriteString(subprotocol)
 		b.WriteString("\r\n")
+	}
+	if deflate {
+		b.WriteString("Sec-WebSocket-Extensions: " + deflateAnswer + "\r\n")
 	}
 	for k, vs := range w.Header() {
 		switch http.CanonicalHeaderKey(k) {
@@ -186,7 +199,9 @@ func Accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn,
 		return nil, &HandshakeError{Reason: "writing the 101 response", Err: err}
 	}
 	nc.SetWriteDeadline(time.Time{})
-	return newConn(nc, false, subprotocol, o.ConnOptions, pre), nil
+	c := newConn(nc, false, subprotocol, o.ConnOptions, pre)
+	c.deflate = deflate
+	return c, nil
 }
 
 // checkHandshake validates the request and returns its Sec-WebSocket-Key.

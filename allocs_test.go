@@ -77,3 +77,30 @@ func TestFanOutAllocs(t *testing.T) {
 		rig.close()
 	}
 }
+
+// TestCompressedFanOutOnce: a 2 KiB state frame fanned out to 200
+// subscribers that negotiated permessage-deflate is compressed once per
+// event, and fanning it out costs the same few allocations (the one
+// compressed frame) with 10 subscribers as with 200: none per subscriber.
+func TestCompressedFanOutOnce(t *testing.T) {
+	payload := benchStateFrame(2 << 10)
+	rig := newFanOutRigWith(200, false, true, payload)
+	rig.warm()
+	before := compressions.Load()
+	for i := 0; i < 100; i++ {
+		rig.send(i)
+	}
+	if n := compressions.Load() - before; n != 100 {
+		t.Fatalf("100 events to 200 subscribers compressed %d times", n)
+	}
+	rig.idle()
+	rig.close()
+	small := newFanOutRigWith(10, false, true, payload)
+	small.warm()
+	i := 0
+	if a := testing.AllocsPerRun(200, func() { small.send(i); i++ }); a < 1 || a > 2 {
+		t.Errorf("%v allocations per compressed event to 10 subscribers, want 1 or 2 (the compressed frame)", a)
+	}
+	small.idle()
+	small.close()
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 )
@@ -228,7 +229,13 @@ type fanOutRig struct {
 }
 
 func newFanOutRig(subs int, observed bool) *fanOutRig {
-	rig := &fanOutRig{t: &topic{id: "doc"}, frame: appendServerFrame(nil, validServerFrame())}
+	return newFanOutRigWith(subs, observed, false, validServerFrame())
+}
+
+// newFanOutRigWith is newFanOutRig with every connection negotiating
+// permessage-deflate or none, fanning out payload.
+func newFanOutRigWith(subs int, observed, deflate bool, payload []byte) *fanOutRig {
+	rig := &fanOutRig{t: &topic{id: "doc"}, frame: appendServerFrame(nil, payload)}
 	opts := &ServerOptions{HeartbeatInterval: -1, MaxBufferedBytes: 64 << 20, Logger: quietLogger}
 	if observed {
 		opts.Observer.Wrote = func(r WriteReport) {
@@ -241,6 +248,7 @@ func newFanOutRig(subs int, observed bool) *fanOutRig {
 	rig.sessions = make([]*session, subs)
 	for i := range rig.sessions {
 		c := newConn(&memConn{r: eofReader{}, w: io.Discard}, false, "", ConnOptions{}, nil)
+		c.deflate = deflate
 		s := &session{srv: rig.srv, conn: c, ctx: context.Background()}
 		s.writeFn = s.writeLoop
 		rig.sessions[i] = s
@@ -290,3 +298,20 @@ func (rig *fanOutRig) idle() {
 func (rig *fanOutRig) close() { rig.srv.Shutdown(context.Background()) }
 
 func validServerFrame() []byte { return []byte(validServer["transaction"]) }
+
+// benchStateFrame is the payload of a transaction frame whose state is
+// about n bytes of JSON, a board of short items as the demo's: what
+// permessage-deflate meets in practice.
+func benchStateFrame(n int) []byte {
+	var st strings.Builder
+	st.WriteString(`{"items":[`)
+	for i := 0; st.Len() < n-40; i++ {
+		if i > 0 {
+			st.WriteByte(',')
+		}
+		fmt.Fprintf(&st, `{"id":%d,"text":"item number %d","done":%v}`, i, i*7919%1000, i%3 == 0)
+	}
+	st.WriteString(`]}`)
+	return (&TransactionMessage{ShareDataID: "board", TransactionID: "01J9Z3K4X5-000123", PreviousTransactionID: "01J9Z3K4X5-000122",
+		FunctionID: "add", ProposedData: json.RawMessage(`{"text":"item"}`), CurrentState: json.RawMessage(st.String())}).AppendJSON(nil)
+}

@@ -141,6 +141,7 @@ var ErrClosed = errors.New("websocket: connection closed")
 type Conn struct {
 	nc          net.Conn
 	client      bool // this side is the client: it masks, the peer must not
+	deflate     bool // permessage-deflate was negotiated (deflate.go)
 	subprotocol string
 	opts        ConnOptions
 

@@ -38,6 +38,12 @@ type DialOptions struct {
 	// used.
 	NetDialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 
+	// EnableCompression offers permessage-deflate (RFC 7692) without
+	// context takeover either way; when the server accepts, messages of
+	// CompressionThreshold bytes or more are compressed. Off by default
+	// (see AcceptOptions.EnableCompression).
+	EnableCompression bool
+
 	// HandshakeTimeout bounds dialing, the TLS handshake and the HTTP
 	// exchange together (ctx can shorten it). Zero means 10 s. Negative
 	// means no timeout: ctx alone bounds the handshake.
@@ -65,7 +71,8 @@ const maxErrorBody = 1 << 10
 //
 // The response is checked: status 101, Upgrade: websocket, Connection:
 // upgrade, the Sec-WebSocket-Accept that matches the key sent, a
-// subprotocol only if one was offered, no extension. A refusal returns a
+// subprotocol only if one was offered, no extension but permessage-deflate
+// when it was offered (EnableCompression). A refusal returns a
 // *HandshakeError with the HTTP status and up to 1 KiB of the body; the
 // *http.Response is then returned too, with its headers, when one was read.
 func Dial(ctx context.Context, rawURL string, opts *DialOptions) (*Conn, *http.Response, error) {
@@ -179,6 +186,9 @@ func handshake(ctx context.Context, nc net.Conn, u *url.URL, secure bool, o *Dia
 	if len(o.Subprotocols) > 0 {
 		req.Header.Set("Sec-WebSocket-Protocol", strings.Join(o.Subprotocols, ", "))
 	}
+	if o.EnableCompression {
+		req.Header.Set("Sec-WebSocket-Extensions", deflateOffer)
+	}
 	if err := req.Write(nc); err != nil {
 		return nil, nil, &HandshakeError{Reason: "writing the request", Err: ctxErr(ctx, err)}
 	}
@@ -194,32 +204,44 @@ func handshake(ctx context.Context, nc net.Conn, u *url.URL, secure bool, o *Dia
 		return nil, resp, &HandshakeError{StatusCode: resp.StatusCode, Reason: "expected 101 Switching Protocols", Body: body}
 	}
 	resp.Body = http.NoBody
-	if herr := checkResponse(resp, key, o.Subprotocols); herr != nil {
+	deflate, herr := checkResponse(resp, key, o.Subprotocols, o.EnableCompression)
+	if herr != nil {
 		return nil, resp, herr
 	}
 	var pre []byte
 	if n := br.Buffered(); n > 0 {
 		pre, _ = br.Peek(n)
 	}
-	return newConn(nc, true, resp.Header.Get("Sec-WebSocket-Protocol"), o.ConnOptions, pre), resp, nil
+	c := newConn(nc, true, resp.Header.Get("Sec-WebSocket-Protocol"), o.ConnOptions, pre)
+	c.deflate = deflate
+	return c, resp, nil
 }
 
-// checkResponse validates a 101 response (RFC 6455 section 4.1).
-func checkResponse(resp *http.Response, key string, offered []string) *HandshakeError {
+// checkResponse validates a 101 response (RFC 6455 section 4.1) and
+// reports whether permessage-deflate, offered when deflate is true, was
+// accepted.
+func checkResponse(resp *http.Response, key string, offered []string, deflate bool) (bool, *HandshakeError) {
 	fail := func(reason string) *HandshakeError {
 		return &HandshakeError{StatusCode: resp.StatusCode, Reason: reason}
 	}
 	if !httpguts.HeaderValuesContainsToken(resp.Header["Upgrade"], "websocket") {
-		return fail(`response Upgrade header does not contain "websocket"`)
+		return false, fail(`response Upgrade header does not contain "websocket"`)
 	}
 	if !httpguts.HeaderValuesContainsToken(resp.Header["Connection"], "upgrade") {
-		return fail(`response Connection header does not contain "upgrade"`)
+		return false, fail(`response Connection header does not contain "upgrade"`)
 	}
 	if got := resp.Header.Get("Sec-WebSocket-Accept"); got != acceptKey(key) {
-		return fail(fmt.Sprintf("Sec-WebSocket-Accept %q does not match the key sent", got))
+		return false, fail(fmt.Sprintf("Sec-WebSocket-Accept %q does not match the key sent", got))
 	}
-	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); ext != "" {
-		return fail(fmt.Sprintf("server selected extension %q, none was offered", ext))
+	accepted := false
+	if ext := resp.Header.Values("Sec-WebSocket-Extensions"); len(ext) > 0 {
+		if !deflate {
+			return false, fail(fmt.Sprintf("server selected extension %q, none was offered", strings.Join(ext, ", ")))
+		}
+		var err error
+		if accepted, err = checkDeflateAnswer(ext); err != nil {
+			return false, fail(err.Error())
+		}
 	}
 	if p := resp.Header.Get("Sec-WebSocket-Protocol"); p != "" {
 		ok := false
@@ -227,8 +249,8 @@ func checkResponse(resp *http.Response, key string, offered []string) *Handshake
 			ok = ok || s == p
 		}
 		if !ok {
-			return fail(fmt.Sprintf("server selected subprotocol %q, which was not offered", p))
+			return false, fail(fmt.Sprintf("server selected subprotocol %q, which was not offered", p))
 		}
 	}
-	return nil
+	return accepted, nil
 }

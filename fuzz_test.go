@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"strings"
 	"testing"
 	"unicode/utf8"
 )
@@ -40,10 +41,24 @@ func FuzzReadFrames(f *testing.F) {
 	f.Add(byte(0), empties)
 	atLimit := frame(byte(opText), true, payloadOf(fuzzReadLimit-1))
 	f.Add(byte(0), append(atLimit, frame(fCont, true, []byte("x"))...))
+	// Compressed messages (mode bit 2: permessage-deflate negotiated):
+	// whole, fragmented, a ping between fragments, a bomb that inflates
+	// far past the limit, corrupt data, RSV1 where it may not be.
+	z := compress(nil, []byte(strings.Repeat(`{"count":1,"title":"shared"} `, 40)))
+	f.Add(byte(2), frame(fText|rsv1Bit, true, z))
+	frag := frame(byte(opText)|rsv1Bit, true, z[:len(z)/2])
+	frag = append(frag, frame(fPing, true, []byte("p"))...)
+	f.Add(byte(2), append(frag, frame(fCont, true, z[len(z)/2:])...))
+	f.Add(byte(2), frame(fBinary|rsv1Bit, true, compress(nil, make([]byte, 16*fuzzReadLimit))))
+	f.Add(byte(2), frame(fText|rsv1Bit, true, []byte{0xff, 0xfe, 0x00, 0x01}))
+	f.Add(byte(2), frame(fPing|rsv1Bit, true, nil))
+	f.Add(byte(2), append(frame(byte(opText)|rsv1Bit, true, z[:4]), frame(fCont|rsv1Bit, true, z[4:])...))
+	f.Add(byte(3), frame(fText|rsv1Bit, false, z))
 	f.Fuzz(func(t *testing.T, mode byte, data []byte) {
 		client := mode&1 == 1
 		nc := &memConn{r: bytes.NewReader(data), w: io.Discard}
 		c := newConn(nc, client, "", ConnOptions{ReadLimit: fuzzReadLimit, MaxFragments: fuzzMaxFragments}, nil)
+		c.deflate = mode&2 != 0
 		var buf []byte
 		for i := 0; ; i++ {
 			typ, msg, err := c.ReadInto(context.Background(), buf)

@@ -44,6 +44,10 @@ type topic struct {
 	mu   sync.Mutex
 	subs []*subscriber // each knows its index, for O(1) removal
 	dead bool          // removed from the hub's map
+	// deflating counts the subscriptions whose connections negotiated
+	// permessage-deflate: while there are any, each event's frame is also
+	// compressed, once, for all of them.
+	deflating int
 }
 
 // subState is where a subscription is in its join.
@@ -80,14 +84,26 @@ type subscriber struct {
 type heldFrame struct {
 	version uint64
 	frame   []byte
-	at      int64 // when the hub received the event (0: not stamped)
+	zframe  []byte // frame compressed, for connections with permessage-deflate (nil: none)
+	at      int64  // when the hub received the event (0: not stamped)
 	removed bool
+}
+
+// frameFor returns the bytes of the event for sess's connection.
+func (f *heldFrame) frameFor(sess *session) []byte {
+	if f.zframe != nil && sess.compresses() {
+		return f.zframe
+	}
+	return f.frame
 }
 
 // add registers sub; the caller holds t.mu.
 func (t *topic) add(sub *subscriber) {
 	sub.index = len(t.subs)
 	t.subs = append(t.subs, sub)
+	if sub.sess.compresses() {
+		t.deflating++
+	}
 }
 
 // remove unregisters sub; the caller holds t.mu.
@@ -101,6 +117,9 @@ func (t *topic) remove(sub *subscriber) {
 	t.subs[last] = nil
 	t.subs = t.subs[:last]
 	sub.index = -1
+	if sub.sess.compresses() {
+		t.deflating--
+	}
 }
 
 // deliver is the registry's receiver: it encodes the event's frame once
@@ -150,6 +169,9 @@ func (h *hub) deliver(ev Event) {
 func (t *topic) fanOut(ev heldFrame, maxHeld int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.deflating > 0 {
+		ev.zframe = compressFrame(ev.frame) // once, for every subscriber that takes it
+	}
 	for i := 0; i < len(t.subs); i++ {
 		sub := t.subs[i]
 		switch sub.state {
@@ -160,7 +182,7 @@ func (t *topic) fanOut(ev heldFrame, maxHeld int) {
 			sub.hold(ev, maxHeld)
 			continue
 		}
-		if !sub.deliver(ev.version, ev.frame, ev.at) {
+		if !sub.deliver(ev.version, ev.frameFor(sub.sess), ev.at) {
 			continue
 		}
 		if ev.removed {
@@ -331,7 +353,7 @@ func (h *hub) feed(sub *subscriber, replay []ReplayRecord) {
 	defer h.wg.Done()
 	sess, t := sub.sess, sub.topic
 	for i := range replay {
-		frame := appendServerFrame(nil, replay[i].Message)
+		frame := sess.frame(replay[i].Message)
 		replay[i] = ReplayRecord{} // what is queued is no longer held here
 		if !sess.waitRoom(len(frame)) {
 			return
@@ -373,7 +395,7 @@ func (sub *subscriber) goLive() int {
 		sub.held[0] = heldFrame{}
 		sub.held = sub.held[1:]
 		sub.heldBytes -= len(p.frame)
-		if sub.deliver(p.version, p.frame, p.at) && p.removed {
+		if sub.deliver(p.version, p.frameFor(sub.sess), p.at) && p.removed {
 			sub.end()
 			return -1
 		}

@@ -59,7 +59,8 @@ func (c *Conn) ReadInto(ctx context.Context, buf []byte) (MessageType, []byte, e
 func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 	var typ MessageType
 	inMessage := false
-	frames := 0 // data frames of the message so far
+	compressed := false // the message's first frame had RSV1
+	frames := 0         // data frames of the message so far
 	for {
 		h, err := c.readHeader()
 		if err != nil {
@@ -77,6 +78,7 @@ func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 		if !inMessage {
 			inMessage = true
 			typ = MessageType(h.op)
+			compressed = h.rsv != 0 // checkHeader allowed only RSV1
 			frames = 0
 			c.utf8.reset()
 		}
@@ -91,6 +93,11 @@ func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 			return 0, buf, c.fail(&CloseError{Code: CloseMessageTooBig,
 				Reason: "message exceeds the read limit of " + strconv.FormatInt(lim, 10) + " bytes"})
 		}
+		if compressed {
+			// The compressed bytes are gathered, bounded by the read
+			// limit like a message, and inflated at the end.
+			return c.readCompressed(buf, typ, h)
+		}
 		buf, err = c.readPayload(buf, &h, typ == MessageText)
 		if err != nil {
 			return 0, buf, err
@@ -100,6 +107,71 @@ func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 				return 0, buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "text message ends inside a UTF-8 sequence"})
 			}
 			return typ, buf, nil
+		}
+	}
+}
+
+// readCompressed reads the rest of a compressed message whose first
+// frame's header is h (RSV1 set), then inflates it and appends the result
+// to buf. The compressed bytes, gathered in a pooled buffer, and the
+// inflated ones are each bounded by the read limit, checked as they
+// arrive and as they inflate: a small frame that would inflate past the
+// limit fails the connection with 1009 without allocating past it.
+func (c *Conn) readCompressed(buf []byte, typ MessageType, h header) (MessageType, []byte, error) {
+	zp := getWriteBuf(int(min(h.length, writeFragmentSize)))
+	z, err := c.readCompressedFrames((*zp)[:0], h)
+	defer putWriteBuf(zp, z)
+	if err != nil {
+		return 0, buf, err
+	}
+	buf, err = inflate(buf, z, c.opts.ReadLimit)
+	switch {
+	case errors.Is(err, errInflatedTooBig):
+		return 0, buf, c.fail(&CloseError{Code: CloseMessageTooBig,
+			Reason: "message inflates past the read limit of " + strconv.FormatInt(c.opts.ReadLimit, 10) + " bytes"})
+	case err != nil:
+		return 0, buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "invalid compressed data: " + err.Error()})
+	}
+	if typ == MessageText && (!c.utf8.write(buf) || !c.utf8.complete()) {
+		return 0, buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "invalid UTF-8 in text message"})
+	}
+	return typ, buf, nil
+}
+
+// readCompressedFrames appends the payloads of a compressed message's
+// frames, the first of which has header h, to z.
+func (c *Conn) readCompressedFrames(z []byte, h header) ([]byte, error) {
+	frames := 1
+	for {
+		if lim := c.opts.ReadLimit; lim > 0 && h.length > lim-int64(len(z)) { // len(z) <= lim: cannot overflow
+			return z, c.fail(&CloseError{Code: CloseMessageTooBig,
+				Reason: "compressed message exceeds the read limit of " + strconv.FormatInt(lim, 10) + " bytes"})
+		}
+		var err error
+		if z, err = c.readPayload(z, &h, false); err != nil {
+			return z, err
+		}
+		if h.fin {
+			return z, nil
+		}
+		for {
+			if h, err = c.readHeader(); err != nil {
+				return z, err
+			}
+			if ce := c.checkHeader(&h, true); ce != nil {
+				return z, c.fail(ce)
+			}
+			if !h.op.isControl() {
+				break
+			}
+			if err := c.readControl(&h); err != nil {
+				return z, err
+			}
+		}
+		frames++
+		if max := c.opts.MaxFragments; max > 0 && frames > max {
+			return z, c.fail(&CloseError{Code: CloseMessageTooBig,
+				Reason: "message arrives in more than " + strconv.Itoa(max) + " fragments"})
 		}
 	}
 }
@@ -127,9 +199,19 @@ func (c *Conn) readHeader() (header, error) {
 // checkHeader applies the rules of RFC 6455 section 5 that depend on the
 // side and on the message in progress.
 func (c *Conn) checkHeader(h *header, inMessage bool) *CloseError {
+	if h.rsv != 0 {
+		switch {
+		case !c.deflate:
+			return &CloseError{Code: CloseProtocolError, Reason: fmt.Sprintf("reserved bits set (0x%02x) with no extension negotiated", h.rsv)}
+		case h.rsv != rsv1Bit:
+			return &CloseError{Code: CloseProtocolError, Reason: fmt.Sprintf("reserved bits set (0x%02x); permessage-deflate uses RSV1 alone", h.rsv)}
+		case h.op.isControl():
+			return &CloseError{Code: CloseProtocolError, Reason: "RSV1 set on a " + h.op.String() + " frame: control frames are never compressed"}
+		case h.op == opContinuation:
+			return &CloseError{Code: CloseProtocolError, Reason: "RSV1 set on a continuation frame"}
+		}
+	}
 	switch {
-	case h.rsv != 0:
-		return &CloseError{Code: CloseProtocolError, Reason: fmt.Sprintf("reserved bits set (0x%02x) with no extension negotiated", h.rsv)}
 	case !h.op.known():
 		return &CloseError{Code: CloseProtocolError, Reason: "unknown " + h.op.String()}
 	case c.client && h.masked:

@@ -130,8 +130,21 @@ func (s *session) wakeLocked() {
 
 // send encodes a direct reply and queues it.
 func (s *session) send(m ServerMessage) {
-	s.enqueue(appendServerFrame(nil, m.AppendJSON(nil)))
+	s.enqueue(s.frame(m.AppendJSON(nil)))
 }
+
+// frame encodes payload as a frame for this connection alone: compressed
+// when it negotiated permessage-deflate and payload is long enough.
+func (s *session) frame(payload []byte) []byte {
+	if s.conn.deflate {
+		f, _ := appendServerFrameCompressed(nil, payload)
+		return f
+	}
+	return appendServerFrame(nil, payload)
+}
+
+// compresses reports whether the connection negotiated permessage-deflate.
+func (s *session) compresses() bool { return s.conn.deflate }
 
 // close stops the connection with code, for cause. With drain, frames
 // already queued are sent first (graceful shutdown); without, they are

@@ -23,6 +23,10 @@ import (
 // Writing a message allocates nothing on a warm connection. Text messages
 // are sent as given; sending invalid UTF-8 makes the peer close the
 // connection with 1007.
+//
+// With permessage-deflate negotiated, a message of CompressionThreshold
+// bytes or more is compressed (on its own: no context is kept between
+// messages) unless that would not make it shorter.
 func (c *Conn) Write(ctx context.Context, typ MessageType, p []byte) error {
 	if typ != MessageText && typ != MessageBinary {
 		return fmt.Errorf("websocket: write: invalid message type %d", int(typ))
@@ -32,6 +36,14 @@ func (c *Conn) Write(ctx context.Context, typ MessageType, p []byte) error {
 	}
 	defer c.msgLock.unlock()
 	op := opcode(typ)
+	if c.deflate && len(p) >= CompressionThreshold {
+		zp := getWriteBuf(min(len(p), writeFragmentSize))
+		z := compress((*zp)[:0], p)
+		defer putWriteBuf(zp, z)
+		if len(z) < len(p) {
+			p, op = z, op|rsv1Op
+		}
+	}
 	for {
 		n, fin := len(p), true
 		if n > writeFragmentSize {
