@@ -47,7 +47,7 @@ func BenchmarkSaturation(b *testing.B) {
 			// The contenders alternate, so a slow spell of the machine
 			// falls on both.
 			b.Run(fmt.Sprintf("realtime/subs=%d", subs), func(b *testing.B) {
-				rt := startRealtimeFanOut(b, subs, Observer{})
+				rt := startRealtimeFanOut(b, subs, fanOutConfig{})
 				defer rt.stop()
 				ours = append(ours, saturate(b, subs, rt.sw, rt.broadcast))
 			})

@@ -84,6 +84,44 @@ func fanOutHarness(b *testing.B, subs int, sw *swarm, frameLen int, broadcast fu
 	b.ReportMetric(float64(frameLen), "B/delivery")
 }
 
+// BenchmarkFanOutCompression delivers a 2 KiB JSON state (a list of
+// items, one of them changed per transaction) to 1,000 subscribers, with
+// and without permessage-deflate. B/delivery is the frame on the wire;
+// the compressed frame is made once per transaction for all of them.
+func BenchmarkFanOutCompression(b *testing.B) {
+	for _, deflate := range []bool{false, true} {
+		name := "plain"
+		if deflate {
+			name = "deflate"
+		}
+		b.Run(name+"/subs=1000", func(b *testing.B) {
+			rt := startRealtimeFanOut(b, 1000, fanOutConfig{deflate: deflate, state: boardState})
+			defer rt.stop()
+			fanOutHarness(b, 1000, rt.sw, rt.frameLen, rt.broadcast)
+		})
+	}
+}
+
+// boardState is a 1 KiB JSON state whose i-th item changes with i: the
+// transaction frame, which carries it as proposedData and currentState,
+// is about 2 KiB.
+func boardState(i int) json.RawMessage {
+	var b strings.Builder
+	b.WriteString(`{"items":[`)
+	for k := 0; k < 22; k++ {
+		if k > 0 {
+			b.WriteByte(',')
+		}
+		n := k
+		if k == i%22 {
+			n = i
+		}
+		fmt.Fprintf(&b, `{"id":%d,"text":"item %06d","done":%v}`, k, n, k%3 == 0)
+	}
+	b.WriteString(`]}`)
+	return json.RawMessage(b.String())
+}
+
 // countingObserver does per report what a metrics collector does: a few
 // atomic counters and a histogram bucket for each write's frames and
 // latency. (promrt's Prometheus collector costs more per write: its own
@@ -128,36 +166,52 @@ func BenchmarkFanOut(b *testing.B) {
 }
 
 func benchFanOutRealtime(b *testing.B, subs int, obs Observer) {
-	rt := startRealtimeFanOut(b, subs, obs)
+	rt := startRealtimeFanOut(b, subs, fanOutConfig{observer: obs})
 	defer rt.stop()
 	fanOutHarness(b, subs, rt.sw, rt.frameLen, rt.broadcast)
+}
+
+// fanOutConfig varies the server contender; the zero value is the
+// default server with benchState's small states.
+type fanOutConfig struct {
+	observer Observer
+	deflate  bool                      // compression on, and offered by every client
+	state    func(i int) json.RawMessage // nil: benchState
 }
 
 // startRealtimeFanOut is the server contender: a Server over a
 // MemoryManager whose "doc" the swarm's subs connections subscribe to; each
 // broadcast applies one transaction.
-func startRealtimeFanOut(b *testing.B, subs int, obs Observer) *baseline {
+func startRealtimeFanOut(b *testing.B, subs int, cfg fanOutConfig) *baseline {
+	state := cfg.state
+	if state == nil {
+		state = benchState
+	}
 	mgr := NewMemoryManager()
 	set := Function{ID: "set", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) { return p, nil }}
-	mgr.Create(context.Background(), "doc", benchState(0), set)
+	mgr.Create(context.Background(), "doc", state(0), set)
 	// The swarm's clients only read, and a run at 10,000 subscribers can
 	// last past the default idle timeout (which would close them all).
-	srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1, Accept: AcceptOptions{ConnOptions: ConnOptions{IdleTimeout: -1}},
-		Logger: quietLogger, Observer: obs})
+	srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1,
+		Accept: AcceptOptions{EnableCompression: cfg.deflate, ConnOptions: ConnOptions{IdleTimeout: -1}},
+		Logger: quietLogger, Observer: cfg.observer})
 	hs := httptest.NewServer(srv)
-	sw := startSwarm(b, hs.Listener.Addr().String(), subs, true)
-	tx, _ := mgr.Apply(context.Background(), "doc", set, benchState(1))
+	sw := startSwarm(b, hs.Listener.Addr().String(), subs, true, cfg.deflate)
+	tx, _ := mgr.Apply(context.Background(), "doc", set, state(1))
 	for sw.delivered() < int64(subs) {
 		// Every subscriber reads this first transaction before the
 		// harness counts from here.
 		time.Sleep(time.Millisecond)
 	}
-	frameLen := len(appendServerFrame(nil, (&TransactionMessage{ShareDataID: "doc", TransactionID: tx.ID, PreviousTransactionID: tx.ID,
-		FunctionID: "set", ProposedData: tx.ProposedData, CurrentState: tx.State}).AppendJSON(nil)))
+	frame := appendServerFrame(nil, (&TransactionMessage{ShareDataID: "doc", TransactionID: tx.ID, PreviousTransactionID: tx.ID,
+		FunctionID: "set", ProposedData: tx.ProposedData, CurrentState: tx.State}).AppendJSON(nil))
+	if cfg.deflate {
+		frame = compressFrame(frame)
+	}
 	ctx := context.Background()
-	return &baseline{sw: sw, frameLen: frameLen,
+	return &baseline{sw: sw, frameLen: len(frame),
 		broadcast: func(i int) {
-			if _, err := mgr.Apply(ctx, "doc", set, benchState(i)); err != nil {
+			if _, err := mgr.Apply(ctx, "doc", set, state(i)); err != nil {
 				b.Fatal(err)
 			}
 		},
@@ -251,7 +305,7 @@ func startBaseline(b *testing.B, subs int) *baseline {
 			accepted <- struct{}{}
 		})
 	}()
-	sw := startSwarm(b, ln.Addr().String(), subs, false)
+	sw := startSwarm(b, ln.Addr().String(), subs, false, false)
 	for i := 0; i < subs; i++ {
 		<-accepted
 	}
@@ -295,7 +349,10 @@ func startBaseline(b *testing.B, subs int) *baseline {
 //   - RSS-B/conn: resident memory (VmRSS), as an operator sees it;
 //   - B/conn: heap in use plus goroutine stacks; stack-B/conn the stacks;
 //   - bare-RSS-B/conn and bare-B/conn: the same for a server that only
-//     completes the handshake and holds the TCP connection.
+//     completes the handshake and holds the TCP connection;
+//   - deflate-RSS-B/conn and deflate-B/conn: the same for connections
+//     that negotiated permessage-deflate, each of which sent a compressed
+//     subscribe and received a compressed 1 KiB state.
 //
 // REALTIME_BENCH_HEAPPROFILE=file writes the server's heap profile with
 // the connections open, every allocation recorded.
@@ -307,6 +364,9 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		bare := measureServer(b, "bare", n, false)
 		ours := measureServer(b, "realtime", n, true)
+		deflate := measureServer(b, "realtime+deflate", n, true)
+		b.ReportMetric(deflate.total()/float64(n), "deflate-B/conn")
+		b.ReportMetric(deflate.rss/float64(n), "deflate-RSS-B/conn")
 		b.ReportMetric(ours.total()/float64(n), "B/conn")
 		b.ReportMetric(ours.stack/float64(n), "stack-B/conn")
 		b.ReportMetric(ours.rss/float64(n), "RSS-B/conn")
@@ -350,7 +410,7 @@ func measureServer(b *testing.B, kind string, n int, subscribe bool) memUse {
 		return m
 	}
 	before := ask("measure")
-	sw := startSwarm(b, strings.TrimSpace(addr), n, subscribe)
+	sw := startSwarm(b, strings.TrimSpace(addr), n, subscribe, kind == "realtime+deflate")
 	after := ask("measure")
 	if f := os.Getenv("REALTIME_BENCH_HEAPPROFILE"); f != "" && subscribe {
 		ask("profile " + f)
@@ -378,9 +438,15 @@ func runIdleServer(kind string) int {
 		go acceptBare(ln, func(nc net.Conn) { held = append(held, nc) })
 		addr = ln.Addr().String()
 	default:
+		deflate := kind == "realtime+deflate"
+		state := json.RawMessage(`{"count":0}`)
+		if deflate {
+			state = boardState(0) // long enough to be compressed
+		}
 		mgr := NewMemoryManager()
-		mgr.Create(context.Background(), "doc", json.RawMessage(`{"count":0}`))
-		srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1, Accept: AcceptOptions{ConnOptions: ConnOptions{IdleTimeout: -1}}, Logger: quietLogger})
+		mgr.Create(context.Background(), "doc", state)
+		srv := NewServer(mgr, &ServerOptions{HeartbeatInterval: -1,
+			Accept: AcceptOptions{EnableCompression: deflate, ConnOptions: ConnOptions{IdleTimeout: -1}}, Logger: quietLogger})
 		hs := httptest.NewServer(srv)
 		addr = hs.Listener.Addr().String()
 	}

@@ -23,7 +23,7 @@ import (
 // benchmark's process leaves its CPU time and memory to the server alone,
 // and gives each process its own file descriptor limit.
 
-const swarmEnv = "REALTIME_BENCH_SWARM" // "addr n subscribe(0|1)"
+const swarmEnv = "REALTIME_BENCH_SWARM" // "addr n subscribe(0|1) deflate(0|1)"
 
 // idleServerEnv makes the test binary an idle-memory benchmark's server
 // process (runIdleServer): "bare" or "realtime".
@@ -37,15 +37,19 @@ type swarm struct {
 }
 
 // startSwarm starts a swarm of n clients connected to addr, subscribed to
-// "doc" when subscribe is set, and returns when all are connected.
-func startSwarm(tb testing.TB, addr string, n int, subscribe bool) *swarm {
+// "doc" when subscribe is set, offering permessage-deflate when deflate is
+// (they count compressed frames without inflating them), and returns when
+// all are connected.
+func startSwarm(tb testing.TB, addr string, n int, subscribe, deflate bool) *swarm {
 	tb.Helper()
-	sub := "0"
-	if subscribe {
-		sub = "1"
+	flag := func(b bool) string {
+		if b {
+			return "1"
+		}
+		return "0"
 	}
 	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), swarmEnv+"="+addr+" "+strconv.Itoa(n)+" "+sub)
+	cmd.Env = append(os.Environ(), swarmEnv+"="+addr+" "+strconv.Itoa(n)+" "+flag(subscribe)+" "+flag(deflate))
 	cmd.Stderr = os.Stderr
 	in, _ := cmd.StdinPipe()
 	outPipe, _ := cmd.StdoutPipe()
@@ -95,17 +99,17 @@ func (s *swarm) stop() {
 // each "?" with the count of frames read, exit when stdin closes.
 func runSwarm() int {
 	f := strings.Fields(os.Getenv(swarmEnv))
-	if len(f) != 3 {
+	if len(f) != 4 {
 		fmt.Fprintln(os.Stderr, "swarm: bad", swarmEnv)
 		return 2
 	}
-	addr, subscribe := f[0], f[2] == "1"
+	addr, subscribe, deflate := f[0], f[2] == "1", f[3] == "1"
 	n, _ := strconv.Atoi(f[1])
 	var delivered atomic.Int64
 	var wg sync.WaitGroup
 	conns := make([]net.Conn, 0, n)
 	for i := 0; i < n; i++ {
-		nc, br, err := swarmDial(addr, subscribe)
+		nc, br, err := swarmDial(addr, subscribe, deflate)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "swarm:", err)
 			return 1
@@ -134,7 +138,7 @@ func runSwarm() int {
 	return 0
 }
 
-func swarmDial(addr string, subscribe bool) (net.Conn, *bufio.Reader, error) {
+func swarmDial(addr string, subscribe, deflate bool) (net.Conn, *bufio.Reader, error) {
 	var nc net.Conn
 	var err error
 	for try := 0; try < 100; try++ {
@@ -146,7 +150,11 @@ func swarmDial(addr string, subscribe bool) (net.Conn, *bufio.Reader, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, err := nc.Write([]byte(handshakeRequest(addr))); err != nil {
+	var extra []string
+	if deflate {
+		extra = append(extra, "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits")
+	}
+	if _, err := nc.Write([]byte(handshakeRequest(addr, extra...))); err != nil {
 		return nil, nil, err
 	}
 	br := bufio.NewReaderSize(nc, 1024)
@@ -154,8 +162,16 @@ func swarmDial(addr string, subscribe bool) (net.Conn, *bufio.Reader, error) {
 	if err != nil || resp.StatusCode != 101 {
 		return nil, nil, fmt.Errorf("handshake: %v", err)
 	}
+	if deflate && resp.Header.Get("Sec-WebSocket-Extensions") == "" {
+		return nil, nil, fmt.Errorf("handshake: permessage-deflate was not negotiated")
+	}
 	if subscribe {
-		nc.Write(frame(fText, true, (&SubscribeMessage{ShareDataID: "doc"}).AppendJSON(nil)))
+		msg := (&SubscribeMessage{ShareDataID: "doc"}).AppendJSON(nil)
+		if deflate {
+			nc.Write(frame(fText|rsv1Bit, true, compress(nil, msg))) // the server inflates it
+		} else {
+			nc.Write(frame(fText, true, msg))
+		}
 		if err := skipFrame(br); err != nil { // the state frame
 			return nil, nil, err
 		}
