@@ -175,7 +175,7 @@ func benchFanOutRealtime(b *testing.B, subs int, obs Observer) {
 // default server with benchState's small states.
 type fanOutConfig struct {
 	observer Observer
-	deflate  bool                      // compression on, and offered by every client
+	deflate  bool                        // compression on, and offered by every client
 	state    func(i int) json.RawMessage // nil: benchState
 }
 
