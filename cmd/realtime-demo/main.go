@@ -38,6 +38,7 @@ func main() {
 	heartbeat := flag.Duration("heartbeat", 0, "heartbeat interval; 0 means the server's default (30s), negative turns the heartbeat off")
 	replayWindow := flag.Int("replay-window", 0, "transactions retained per share data for replay; 0 means the default (100), negative keeps none")
 	sendBuffer := flag.Int("send-buffer", 0, "send-buffer cap per connection, in bytes, past which the connection is closed with 4001; 0 means the default (1 MiB)")
+	compress := flag.Bool("compress", true, "negotiate permessage-deflate with clients that offer it (every browser does); the package's default is off")
 	readLimit := flag.Int64("read-limit", 0, "largest client message, in bytes, past which the connection is closed with 1009; 0 means the default (64 KiB)")
 	jwtSecret := flag.String("jwt-secret", "", "turn on the JWT bridge with this HMAC (HS256) secret; clients need a token with aud SHAREDATA")
 	jwtIssuer := flag.String("jwt-issuer", "realtime-demo", "the issuer (iss) trusted with -jwt-secret")
@@ -102,7 +103,7 @@ func main() {
 		HeartbeatInterval: *heartbeat,
 		ReplayBufferSize:  *replayWindow,
 		MaxBufferedBytes:  *sendBuffer,
-		Accept:            realtime.AcceptOptions{ConnOptions: realtime.ConnOptions{ReadLimit: *readLimit}},
+		Accept:            realtime.AcceptOptions{EnableCompression: *compress, ConnOptions: realtime.ConnOptions{ReadLimit: *readLimit}},
 		Logger:            logger,
 	}
 	if *jwtSecret != "" {
