@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"compress/flate"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestAcceptDeflateOffers: the answers to what browsers and libraries
@@ -230,5 +232,60 @@ func TestCompressionHandshakeRefusals(t *testing.T) {
 		if !errors.As(err, &he) || !strings.Contains(he.Reason, tc.want) {
 			t.Errorf("answer %q (offered %v): %v, want a HandshakeError about %s", tc.answer, tc.offer, err, tc.want)
 		}
+	}
+}
+
+// TestServerCompressesBroadcastOnce: on a realtime server with
+// compression, a subscriber that negotiated it and one that did not get
+// the same transaction: the first as a compressed frame (RSV1) that
+// inflates to exactly the second's payload, the state frame too; a
+// proposal sent compressed is applied. A Go Client with compression works
+// through it all.
+func TestServerCompressesBroadcastOnce(t *testing.T) {
+	rs := newRTServer(t, &ServerOptions{Accept: AcceptOptions{EnableCompression: true}})
+	set, _ := rs.mgr.Function("doc", "set")
+	big := `{"items":"` + strings.Repeat("shared state ", 40) + `"}`
+	if _, err := rs.mgr.Apply(context.Background(), "doc", set, json.RawMessage(big)); err != nil {
+		t.Fatal(err)
+	}
+	host := rs.hs.Listener.Addr().String()
+	z, _ := dialRaw(t, rs.hs, handshakeRequest(host, "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"), nil)
+	plain := connectRaw(t, rs.hs)
+	sub := (&SubscribeMessage{ShareDataID: "doc"}).AppendJSON(nil)
+	z.sendRaw(frame(fText|rsv1Bit, true, compress(nil, sub)))
+	plain.send(fText, sub)
+	zs, ps := z.mustRead(), plain.mustRead()
+	if zs.b0 != fText|rsv1Bit || ps.b0 != fText || !bytes.Equal(inflateAll(t, zs.payload), ps.payload) {
+		t.Fatalf("state frames: 0x%02x and 0x%02x, inflating to the same: %v", zs.b0, ps.b0, bytes.Equal(inflateAll(t, zs.payload), ps.payload))
+	}
+	if _, err := rs.mgr.Apply(context.Background(), "doc", set, json.RawMessage(big)); err != nil {
+		t.Fatal(err)
+	}
+	zt, pt := z.mustRead(), plain.mustRead()
+	if zt.b0 != fText|rsv1Bit || pt.b0 != fText {
+		t.Fatalf("transaction frames start 0x%02x and 0x%02x", zt.b0, pt.b0)
+	}
+	if got := inflateAll(t, zt.payload); !bytes.Equal(got, pt.payload) {
+		t.Fatalf("compressed transaction inflates to %q, the plain one is %q", clip(got), clip(pt.payload))
+	}
+	if len(zt.payload)*4 > len(pt.payload) {
+		t.Errorf("transaction of %d bytes compressed to %d", len(pt.payload), len(zt.payload))
+	}
+
+	c, err := NewClient(rs.url, &ClientOptions{Dial: DialOptions{EnableCompression: true}, Logger: quietLogger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Propose(ctx, "doc", "set", json.RawMessage(big)); err != nil {
+		t.Fatal(err)
+	}
+	if f := z.mustRead(); f.b0 != fText|rsv1Bit {
+		t.Fatalf("the Go client's transaction reached the raw subscriber as 0x%02x", f.b0)
 	}
 }
