@@ -63,6 +63,8 @@ func (c *Conn) Write(ctx context.Context, typ MessageType, p []byte) error {
 // each call to its Write sends one frame, and Close sends the final frame.
 // No other message is sent until Close is called. Most callers want Write;
 // Writer is for streaming a message whose length is not known in advance.
+// Its messages are never compressed, even with permessage-deflate
+// negotiated: each frame goes out as it is written.
 func (c *Conn) Writer(ctx context.Context, typ MessageType) (io.WriteCloser, error) {
 	if typ != MessageText && typ != MessageBinary {
 		return nil, fmt.Errorf("websocket: writer: invalid message type %d", int(typ))

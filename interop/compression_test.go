@@ -22,6 +22,22 @@ import (
 
 var compressedSizes = []int{300, 4 << 10, 65 << 10, 300 << 10, 1 << 20}
 
+// noisy is n bytes of base64 of pseudo-random bytes: it compresses to
+// about three quarters, so a 1 MiB message stays longer than 64 KiB
+// compressed and our side sends it in several frames, RSV1 on the first.
+func noisy(n int) []byte {
+	b := make([]byte, n)
+	x := uint32(2463534242)
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		b[i] = alphabet[x%64]
+	}
+	return b
+}
+
 func jsonish(n int) []byte {
 	var b strings.Builder
 	for i := 0; b.Len() < n; i++ {
@@ -85,9 +101,10 @@ func ourCompressingServer(t *testing.T) string {
 
 func TestGorillaClientOurServerCompressed(t *testing.T) {
 	var m meter
-	// A small write buffer: gorilla sends each message in frames of 512
-	// bytes, the first with RSV1, the rest continuations.
-	d := websocket.Dialer{EnableCompression: true, NetDialContext: m.dial, WriteBufferSize: 512}
+	// gorilla's default 4 KiB write buffer: it sends each compressed
+	// message in frames of 4 KiB, the first with RSV1, the rest
+	// continuations (a 1 MiB noisy one in about 190).
+	d := websocket.Dialer{EnableCompression: true, NetDialContext: m.dial, WriteBufferSize: 4096}
 	c, resp, err := d.Dial(ourCompressingServer(t), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -111,6 +128,13 @@ func TestGorillaClientOurServerCompressed(t *testing.T) {
 		}
 	}
 	m.check(t, total)
+	msg := noisy(1 << 20)
+	if err := c.WriteMessage(websocket.TextMessage, msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, got, err := c.ReadMessage(); err != nil || string(got) != string(msg) {
+		t.Fatalf("echo of a 1 MiB message compressed to several frames: %d bytes, %v", len(got), err)
+	}
 }
 
 func TestCoderClientOurServerCompressed(t *testing.T) {
@@ -141,6 +165,13 @@ func TestCoderClientOurServerCompressed(t *testing.T) {
 			}
 		}
 		m.check(t, total)
+		msg := noisy(1 << 20)
+		if err := c.Write(ctx, coder.MessageText, msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, got, err := c.Read(ctx); err != nil || string(got) != string(msg) {
+			t.Fatalf("echo of a 1 MiB message compressed to several frames: %d bytes, %v", len(got), err)
+		}
 		c.Close(coder.StatusNormalClosure, "")
 	}
 }
@@ -170,11 +201,22 @@ func ourClientCompressed(t *testing.T, url string) {
 		}
 	}
 	m.check(t, total)
+	before := m.out.Load()
+	msg := noisy(1 << 20)
+	if err := c.Write(ctx, realtime.MessageText, msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, got, err := c.Read(ctx); err != nil || string(got) != string(msg) {
+		t.Fatalf("echo of a 1 MiB message compressed to several frames: %d bytes, %v", len(got), err)
+	}
+	if sent := m.out.Load() - before; sent >= 1<<20 || sent < 64<<10 {
+		t.Fatalf("a 1 MiB message took %d bytes: not compressed into several 64 KiB frames", sent)
+	}
 	c.Close(realtime.CloseNormalClosure, "")
 }
 
 func TestOurClientGorillaServerCompressed(t *testing.T) {
-	up := websocket.Upgrader{EnableCompression: true, WriteBufferSize: 512}
+	up := websocket.Upgrader{EnableCompression: true, WriteBufferSize: 4096}
 	url := server(t, func(w http.ResponseWriter, r *http.Request) {
 		c, err := up.Upgrade(w, r, nil)
 		if err != nil {
