@@ -78,11 +78,11 @@ func TestFanOutAllocs(t *testing.T) {
 	}
 }
 
-// TestCompressedFanOutOnce: a 2 KiB state frame fanned out to 200
+// TestCompressedFanOutAllocs: a 2 KiB state frame fanned out to 200
 // subscribers that negotiated permessage-deflate is compressed once per
 // event, and fanning it out costs the same few allocations (the one
 // compressed frame) with 10 subscribers as with 200: none per subscriber.
-func TestCompressedFanOutOnce(t *testing.T) {
+func TestCompressedFanOutAllocs(t *testing.T) {
 	payload := benchStateFrame(2 << 10)
 	rig := newFanOutRigWith(200, false, true, payload)
 	rig.warm()
