@@ -249,7 +249,12 @@ func newFanOutRigWith(subs int, observed, deflate bool, payload []byte) *fanOutR
 	for i := range rig.sessions {
 		c := newConn(&memConn{r: eofReader{}, w: io.Discard}, false, "", ConnOptions{}, nil)
 		c.deflate = deflate
-		s := &session{srv: rig.srv, conn: c, ctx: context.Background()}
+		// Queues as a warm connection has them: room for the 64 frames
+		// send queues between waits, whichever of the two slices the
+		// writer alternates between holds them (growing them is a
+		// warm-up cost, which the timing of a short warm-up would leave
+		// to chance).
+		s := &session{srv: rig.srv, conn: c, ctx: context.Background(), queue: make([][]byte, 0, 64), spare: make([][]byte, 0, 64)}
 		s.writeFn = s.writeLoop
 		rig.sessions[i] = s
 		rig.t.add(&subscriber{sess: s, id: rig.t.id, topic: rig.t, state: subLive})
