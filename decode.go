@@ -65,13 +65,15 @@ const (
 	fError
 	fCode
 	fMessage
+	fIdempotencyKey
+	fRetry
 	numFields
 )
 
 var fieldNames = [numFields]string{
 	"v", "type", "shareDataId", "since", "functionId", "proposedData", "correlationId",
 	"currentState", "lastTransactionId", "transactionId", "previousTransactionId",
-	"replayed", "event", "accepted", "error", "code", "message",
+	"replayed", "event", "accepted", "error", "code", "message", "idempotencyKey", "retry",
 }
 
 func fieldIndex(key []byte) int {
@@ -110,6 +112,10 @@ func fieldIndex(key []byte) int {
 		return fCode
 	case "message":
 		return fMessage
+	case "idempotencyKey":
+		return fIdempotencyKey
+	case "retry":
+		return fRetry
 	}
 	return -1
 }
@@ -376,6 +382,15 @@ func DecodeClientMessage(data []byte) (ClientMessage, error) {
 		if m.CorrelationID, err = e.str(fCorrelationID, ruleID); err != nil {
 			return nil, err
 		}
+		if m.IdempotencyKey, _, err = e.optStr(fIdempotencyKey, ruleID); err != nil {
+			return nil, err
+		}
+		if m.Retry, err = e.boolean(fRetry, false); err != nil {
+			return nil, err
+		}
+		if m.Retry && m.IdempotencyKey == "" {
+			return nil, decodeErr(fRetry, "a retry needs an idempotencyKey: without one it could be applied twice")
+		}
 		return m, nil
 	case typePing:
 		m := &PingMessage{}
@@ -447,8 +462,10 @@ func DecodeServerMessage(data []byte) (ServerMessage, error) {
 		}
 		if m.Accepted {
 			m.TransactionID, err = e.str(fTransactionID, ruleID)
-		} else {
-			m.Error, err = e.str(fError, ruleText)
+		} else if m.Error, err = e.str(fError, ruleText); err == nil {
+			var code string
+			code, _, err = e.optStr(fCode, ruleID)
+			m.Code = ErrorCode(code)
 		}
 		if err != nil {
 			return nil, err
@@ -502,6 +519,9 @@ func (e *envelope) transaction() (ServerMessage, error) {
 		return nil, err
 	}
 	if m.Replayed, err = e.boolean(fReplayed, false); err != nil {
+		return nil, err
+	}
+	if m.IdempotencyKey, _, err = e.optStr(fIdempotencyKey, ruleID); err != nil {
 		return nil, err
 	}
 	if !m.Replayed {

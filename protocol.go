@@ -110,11 +110,21 @@ type UnsubscribeMessage struct {
 //
 // ProposedData is any JSON value, kept as compact raw bytes. The server
 // answers with a ProposalResultMessage carrying the same CorrelationID.
+//
+// IdempotencyKey and Retry are optional, and absent from the seed's
+// protocol: a proposal with a key is applied at most once however often it
+// is sent, and a repeat is answered with the first one's outcome (see the
+// README's "Exactly-once proposals"). Retry marks a resend after a lost
+// connection:
+//
+//	{"v":1,"type":"propose",...,"idempotencyKey":"k-5fQ2","retry":true}
 type ProposeMessage struct {
-	ShareDataID   string          // the share data item
-	FunctionID    string          // the function to run, as registered
-	ProposedData  json.RawMessage // any JSON value, compact
-	CorrelationID string          // matches the answer to the request
+	ShareDataID    string          // the share data item
+	FunctionID     string          // the function to run, as registered
+	ProposedData   json.RawMessage // any JSON value, compact
+	CorrelationID  string          // matches the answer to the request
+	IdempotencyKey string          // optional: the proposal's key, unique per proposal
+	Retry          bool            // optional: a resend of a proposal that may have arrived
 }
 
 // PingMessage is an application-level round-trip check, answered by a
@@ -155,6 +165,9 @@ type TransactionMessage struct {
 	ProposedData          json.RawMessage // any JSON value, compact
 	CurrentState          json.RawMessage // live frames only
 	Replayed              bool            // sent by a replay, not live
+	// IdempotencyKey is the key the proposal carried, when it had one: a
+	// proposer recognises its own transaction by it, also in a replay.
+	IdempotencyKey string
 }
 
 // LifecycleMessage reports a change outside the transaction flow:
@@ -174,12 +187,15 @@ type LifecycleMessage struct {
 //	{"v":1,"type":"proposal-result","correlationId":"c-7","accepted":true,"transactionId":"tx-42"}
 //	{"v":1,"type":"proposal-result","correlationId":"c-7","accepted":false,"error":"unknown function"}
 //
-// TransactionID is carried when Accepted, Error when not.
+// TransactionID is carried when Accepted, Error when not. Code, optional,
+// names for programs why a proposal was not accepted when that is not the
+// function's or the authorizer's refusal: CodeOutcomeUnknown.
 type ProposalResultMessage struct {
-	CorrelationID string // matches the answer to the request
-	Accepted      bool   // whether the proposal was applied
-	TransactionID string // the transaction's id
-	Error         string // why not, when not accepted
+	CorrelationID string    // matches the answer to the request
+	Accepted      bool      // whether the proposal was applied
+	TransactionID string    // the transaction's id
+	Error         string    // why not, when not accepted
+	Code          ErrorCode // optional, when not accepted
 }
 
 // PongMessage answers a PingMessage:
@@ -256,6 +272,12 @@ func (m *ProposeMessage) AppendJSON(dst []byte) []byte {
 	dst = appendStringField(dst, "functionId", m.FunctionID)
 	dst = appendRawField(dst, "proposedData", m.ProposedData)
 	dst = appendStringField(dst, "correlationId", m.CorrelationID)
+	if m.IdempotencyKey != "" {
+		dst = appendStringField(dst, "idempotencyKey", m.IdempotencyKey)
+	}
+	if m.Retry {
+		dst = append(dst, `,"retry":true`...)
+	}
 	return append(dst, '}')
 }
 
@@ -291,6 +313,9 @@ func (m *TransactionMessage) AppendJSON(dst []byte) []byte {
 	} else {
 		dst = appendRawField(dst, "currentState", m.CurrentState)
 	}
+	if m.IdempotencyKey != "" {
+		dst = appendStringField(dst, "idempotencyKey", m.IdempotencyKey)
+	}
 	return append(dst, '}')
 }
 
@@ -317,6 +342,9 @@ func (m *ProposalResultMessage) AppendJSON(dst []byte) []byte {
 	} else {
 		dst = append(dst, `,"accepted":false`...)
 		dst = appendStringField(dst, "error", m.Error)
+		if m.Code != "" {
+			dst = appendStringField(dst, "code", string(m.Code))
+		}
 	}
 	return append(dst, '}')
 }
@@ -460,6 +488,10 @@ const (
 	// succeed later (the manager or the replay store was unreachable). The
 	// subscription is not kept; the client subscribes again after a pause.
 	CodeInternal ErrorCode = "internal-error"
+	// CodeOutcomeUnknown answers a retried proposal whose key the server
+	// no longer remembers: it may have been applied, and is not applied
+	// again.
+	CodeOutcomeUnknown ErrorCode = "outcome-unknown"
 )
 
 // Application close codes of the realtime protocol (RFC 6455 leaves

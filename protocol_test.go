@@ -17,6 +17,8 @@ var validClient = map[string]string{
 	"propose":            `{"v":1,"type":"propose","shareDataId":"doc-1","functionId":"set","proposedData":{"a":[1,2.5,"x",null,true]},"correlationId":"c-7"}`,
 	"propose null":       `{"v":1,"type":"propose","shareDataId":"doc-1","functionId":"set","proposedData":null,"correlationId":"c-7"}`,
 	"ping":               `{"v":1,"type":"ping","correlationId":"c-8"}`,
+	"propose keyed":      `{"v":1,"type":"propose","shareDataId":"doc-1","functionId":"set","proposedData":1,"correlationId":"c-7","idempotencyKey":"k-5fQ2"}`,
+	"propose retry":      `{"v":1,"type":"propose","shareDataId":"doc-1","functionId":"set","proposedData":1,"correlationId":"c-9","idempotencyKey":"k-5fQ2","retry":true}`,
 }
 
 var validServer = map[string]string{
@@ -32,6 +34,9 @@ var validServer = map[string]string{
 	"pong":           `{"v":1,"type":"pong","correlationId":"c-8"}`,
 	"error":          `{"v":1,"type":"error","code":"replay-cursor-not-found","message":"cursor tx-1 is outside the replay window","shareDataId":"doc-1"}`,
 	"error with cid": `{"v":1,"type":"error","code":"unauthorized","message":"","correlationId":"c-9"}`,
+	"keyed tx":       `{"v":1,"type":"transaction","shareDataId":"doc-1","transactionId":"tx-42","previousTransactionId":"tx-41","functionId":"set","proposedData":1,"currentState":1,"idempotencyKey":"k-5fQ2"}`,
+	"keyed replayed": `{"v":1,"type":"transaction","shareDataId":"doc-1","transactionId":"tx-42","previousTransactionId":"tx-41","functionId":"set","proposedData":1,"replayed":true,"idempotencyKey":"k-5fQ2"}`,
+	"unknown":        `{"v":1,"type":"proposal-result","correlationId":"c-9","accepted":false,"error":"the key left the window","code":"outcome-unknown"}`,
 }
 
 func TestDecodeValidAndReencode(t *testing.T) {
@@ -81,6 +86,7 @@ func TestRoundTrip(t *testing.T) {
 		&SubscribeMessage{ShareDataID: "quote\" backslash\\ tab\t nl\n ctl\x01 é 😀", Since: "tx", HasSince: true},
 		&UnsubscribeMessage{ShareDataID: "a"},
 		&ProposeMessage{ShareDataID: "a", FunctionID: "f", ProposedData: []byte(`{"x":"\u2028"}`), CorrelationID: "c"},
+		&ProposeMessage{ShareDataID: "a", FunctionID: "f", ProposedData: []byte(`1`), CorrelationID: "c", IdempotencyKey: "k\"q", Retry: true},
 		&PingMessage{CorrelationID: "c"},
 	}
 	for _, m := range clients {
@@ -98,6 +104,8 @@ func TestRoundTrip(t *testing.T) {
 		&LifecycleMessage{ShareDataID: "a", Event: LifecycleRemoved},
 		&ProposalResultMessage{CorrelationID: "c", Accepted: true, TransactionID: "t"},
 		&ProposalResultMessage{CorrelationID: "c", Error: "no"},
+		&ProposalResultMessage{CorrelationID: "c", Error: "gone", Code: CodeOutcomeUnknown},
+		&TransactionMessage{ShareDataID: "a", TransactionID: "t2", FunctionID: "f", ProposedData: []byte(`"s"`), Replayed: true, IdempotencyKey: "k"},
 		&PongMessage{CorrelationID: "c"},
 		&ErrorMessage{Code: "x", Message: "m", ShareDataID: "a", CorrelationID: "c"},
 		&ErrorMessage{Code: "x"},
@@ -168,6 +176,11 @@ func TestDecodeInvalid(t *testing.T) {
 		{"propose correlationId boolean", `{"v":1,"type":"propose","shareDataId":"d","functionId":"f","proposedData":1,"correlationId":true}`, "correlationId", "got a boolean"},
 		{"propose deeply nested", `{"v":1,"type":"propose","shareDataId":"d","functionId":"f","proposedData":` + deep + `,"correlationId":"c"}`, "proposedData", "nested deeper than 64 levels"},
 		{"propose bad JSON inside", `{"v":1,"type":"propose","shareDataId":"d","functionId":"f","proposedData":{"a":},"correlationId":"c"}`, "proposedData", "unexpected character '}'"},
+		{"propose key number", `{"v":1,"type":"propose","shareDataId":"d","functionId":"f","proposedData":1,"correlationId":"c","idempotencyKey":7}`, "idempotencyKey", "must be a string"},
+		{"propose key empty", `{"v":1,"type":"propose","shareDataId":"d","functionId":"f","proposedData":1,"correlationId":"c","idempotencyKey":""}`, "idempotencyKey", "must not be empty"},
+		{"propose key oversize", `{"v":1,"type":"propose","shareDataId":"d","functionId":"f","proposedData":1,"correlationId":"c","idempotencyKey":"` + long + `"}`, "idempotencyKey", "more than 256"},
+		{"propose retry string", `{"v":1,"type":"propose","shareDataId":"d","functionId":"f","proposedData":1,"correlationId":"c","idempotencyKey":"k","retry":"yes"}`, "retry", "must be a boolean"},
+		{"propose retry without key", `{"v":1,"type":"propose","shareDataId":"d","functionId":"f","proposedData":1,"correlationId":"c","retry":true}`, "retry", "needs an idempotencyKey"},
 		// ping
 		{"ping without correlationId", `{"v":1,"type":"ping"}`, "correlationId", "missing"},
 		{"ping correlationId empty", `{"v":1,"type":"ping","correlationId":""}`, "correlationId", "must not be empty"},
