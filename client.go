@@ -4,6 +4,7 @@ import (
 	"context"
 	crand "crypto/rand"
 	"encoding/base32"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -240,6 +242,20 @@ type request struct {
 	msg    []byte
 	result chan ServerMessage // proposal-result or pong; buffered 1
 	failed chan error         // buffered 1
+	// retryMsg, for a keyed proposal, is msg marked as a retry: what is
+	// sent once a connection was lost with it in flight (resent, under
+	// the client's mu).
+	retryMsg []byte
+	resent   bool
+	born     time.Time // when the request was made
+}
+
+// wire returns the bytes to send for r; the caller holds the client's mu.
+func (r *request) wire() []byte {
+	if r.resent {
+		return r.retryMsg
+	}
+	return r.msg
 }
 
 // requestContext bounds ctx by RequestTimeout, unless it is negative (no
@@ -565,9 +581,27 @@ func (c *Client) serve(conn *Conn) *CloseError {
 	c.conn, c.ready = nil, false
 	lost := c.pending
 	c.pending = make(map[string]*request)
+	// Keyed proposals in flight go out again, first, with their keys: the
+	// server applies each once and answers a repeat with the first
+	// outcome. Past half the server's key window a resend could find its
+	// key forgotten: the outcome is unknown.
+	var again []*request
+	for cid, r := range lost {
+		if r.retryMsg != nil && time.Since(r.born) < KeyWindowAge/2 {
+			r.resent = true
+			again = append(again, r)
+			delete(lost, cid)
+		}
+	}
+	slices.SortFunc(again, func(a, b *request) int { return a.born.Compare(b.born) })
+	c.queue = append(again, c.queue...)
 	c.mu.Unlock()
 	for _, r := range lost {
-		r.failed <- ErrConnectionLost
+		if r.retryMsg != nil {
+			r.failed <- ErrOutcomeUnknown
+		} else {
+			r.failed <- ErrConnectionLost
+		}
 	}
 	conn.CloseNow()
 	var ce *CloseError
@@ -589,12 +623,14 @@ func (c *Client) flush(conn *Conn) {
 			c.mu.Unlock()
 			return
 		}
-		for _, r := range q {
+		msgs := make([][]byte, len(q))
+		for i, r := range q {
 			c.pending[r.cid] = r
+			msgs[i] = r.wire()
 		}
 		c.mu.Unlock()
-		for _, r := range q {
-			c.write(conn, r.msg)
+		for _, msg := range msgs {
+			c.write(conn, msg)
 		}
 	}
 }
@@ -662,8 +698,9 @@ func (c *Client) send(r *request) error {
 	if c.ready && c.conn != nil {
 		conn := c.conn
 		c.pending[r.cid] = r
+		msg := r.wire()
 		c.mu.Unlock()
-		c.write(conn, r.msg)
+		c.write(conn, msg)
 		return nil
 	}
 	if len(c.queue) >= c.opts.MaxQueueSize {
@@ -693,7 +730,7 @@ func (c *Client) newRequest(build func(cid string) ClientMessage) *request {
 	c.seq++
 	cid := c.idPrefix + strconv.FormatUint(c.seq, 36)
 	c.mu.Unlock()
-	return &request{cid: cid, msg: build(cid).AppendJSON(nil), result: make(chan ServerMessage, 1), failed: make(chan error, 1)}
+	return &request{cid: cid, msg: build(cid).AppendJSON(nil), result: make(chan ServerMessage, 1), failed: make(chan error, 1), born: time.Now()}
 }
 
 // roundTrip sends r and waits for its answer, RequestTimeout from now at
@@ -723,14 +760,28 @@ func (c *Client) roundTrip(ctx context.Context, r *request) (ServerMessage, erro
 // *ProposalError. Issued while disconnected, it waits in the outbound queue
 // and is sent after the reconnect; it times out RequestTimeout after the
 // call (ctx may shorten that), whether it was sent or not.
+//
+// Every proposal carries an idempotency key. When the connection drops
+// while one is in flight, it is sent again with its key after the
+// reconnect, and the server, which applies a key once, answers with the
+// outcome it recorded: so Propose returns the one true outcome, applied
+// once or refused, across any number of reconnects. Only when the server
+// no longer remembers the key does it return an error matching
+// ErrOutcomeUnknown; and a timeout (ctx, RequestTimeout) leaves the outcome
+// unknown too: the proposal may still be applied, once.
 func (c *Client) Propose(ctx context.Context, shareDataID, functionID string, proposedData json.RawMessage) (string, error) {
 	if !json.Valid(proposedData) {
 		return "", errors.New("realtime: proposedData is not valid JSON")
 	}
 	data := compactJSON(proposedData)
+	key := newIdempotencyKey()
+	var pm *ProposeMessage
 	r := c.newRequest(func(cid string) ClientMessage {
-		return &ProposeMessage{ShareDataID: shareDataID, FunctionID: functionID, ProposedData: data, CorrelationID: cid}
+		pm = &ProposeMessage{ShareDataID: shareDataID, FunctionID: functionID, ProposedData: data, CorrelationID: cid, IdempotencyKey: key}
+		return pm
 	})
+	pm.Retry = true
+	r.retryMsg = pm.AppendJSON(nil)
 	m, err := c.roundTrip(ctx, r)
 	if err != nil {
 		return "", err
@@ -740,9 +791,20 @@ func (c *Client) Propose(ctx context.Context, shareDataID, functionID string, pr
 		return "", fmt.Errorf("realtime: unexpected %s answer to a proposal", m.typeName())
 	}
 	if !res.Accepted {
+		if res.Code == CodeOutcomeUnknown {
+			return "", fmt.Errorf("%w (the server: %s)", ErrOutcomeUnknown, res.Error)
+		}
 		return "", &ProposalError{Reason: res.Error}
 	}
 	return res.TransactionID, nil
+}
+
+// newIdempotencyKey returns a key no other proposal will have: 128 random
+// bits.
+func newIdempotencyKey() string {
+	var b [16]byte
+	crand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
 // Ping sends a protocol ping and returns the round-trip time. Like

@@ -144,7 +144,7 @@ func (h *hub) deliver(ev Event) {
 	case EventTransaction:
 		tx := ev.Transaction
 		msg = &TransactionMessage{ShareDataID: tx.ShareDataID, TransactionID: tx.ID, PreviousTransactionID: tx.PreviousID,
-			FunctionID: tx.FunctionID, ProposedData: tx.ProposedData, CurrentState: tx.State}
+			FunctionID: tx.FunctionID, ProposedData: tx.ProposedData, CurrentState: tx.State, IdempotencyKey: tx.IdempotencyKey}
 	case EventUpdated:
 		msg = &LifecycleMessage{ShareDataID: ev.ShareDataID, Event: LifecycleUpdated, CurrentState: ev.State}
 	case EventRemoved:

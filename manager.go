@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // This file defines what the server needs from the store of share data
@@ -51,6 +52,9 @@ type Transaction struct {
 	ProposedData json.RawMessage // the proposal, compact JSON
 	// State is the share data's state after the transaction.
 	State json.RawMessage
+	// IdempotencyKey is the key of the proposal that made it, when it had
+	// one (KeyedApplier); "" otherwise.
+	IdempotencyKey string
 }
 
 // Snapshot is a share data item's state at one moment.
@@ -197,6 +201,7 @@ type memItem struct {
 	last    string
 	version uint64
 	fns     map[string]Function
+	keys    *keyWindow // made at the first keyed proposal
 }
 
 // NewMemoryManager returns an empty manager.
@@ -308,17 +313,56 @@ func (m *MemoryManager) Apply(ctx context.Context, shareDataID string, fn Functi
 		return nil, err
 	}
 	defer it.mu.Unlock()
+	return m.applyLocked(ctx, it, shareDataID, fn, proposed, "")
+}
+
+// ApplyKeyed implements KeyedApplier: the item's key window is checked
+// and updated under the same lock as the apply.
+func (m *MemoryManager) ApplyKeyed(ctx context.Context, shareDataID string, fn Function, proposed json.RawMessage, key string, retry bool) (*Transaction, error) {
+	proposed, err := checkProposal(fn, proposed)
+	if err != nil {
+		return nil, err
+	}
+	it, err := m.lockLive(shareDataID)
+	if err != nil {
+		return nil, err
+	}
+	defer it.mu.Unlock()
+	if it.keys == nil {
+		it.keys = newKeyWindow()
+	}
+	now := time.Now()
+	if e := it.keys.lookup(key, now); e != nil {
+		return e.remembered()
+	}
+	if retry && it.keys.unsure(now) {
+		return nil, ErrOutcomeUnknown
+	}
+	tx, err := m.applyLocked(ctx, it, shareDataID, fn, proposed, key)
+	switch {
+	case err == nil:
+		it.keys.add(&keyEntry{key: key, tx: tx, at: now})
+	case refusalToRemember(err):
+		it.keys.add(&keyEntry{key: key, refusal: err.Error(), at: now})
+	}
+	return tx, err
+}
+
+// applyLocked runs fn and records the transaction; the caller holds the
+// item's lock.
+func (m *MemoryManager) applyLocked(ctx context.Context, it *memItem, shareDataID string, fn Function, proposed json.RawMessage, key string) (*Transaction, error) {
 	next, err := runFunction(ctx, fn, it.state, proposed)
 	if err != nil {
 		return nil, err
 	}
 	tx := &Transaction{
-		ShareDataID:  shareDataID,
-		ID:           m.prefix + "-" + strconv.FormatUint(m.seq.Add(1), 36),
-		PreviousID:   it.last,
-		FunctionID:   fn.ID,
-		ProposedData: proposed,
-		State:        next,
+		ShareDataID:    shareDataID,
+		ID:             m.prefix + "-" + strconv.FormatUint(m.seq.Add(1), 36),
+		PreviousID:     it.last,
+		FunctionID:     fn.ID,
+		ProposedData:   proposed,
+		State:          next,
+		IdempotencyKey: key,
 	}
 	it.state, it.last = next, tx.ID
 	it.version++

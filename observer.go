@@ -185,6 +185,9 @@ const (
 	// ProposalRejected: the manager's Apply returned an error (the
 	// function refused the proposed data, the share data is gone, ...).
 	ProposalRejected ProposalOutcome = "rejected"
+	// ProposalOutcomeUnknown: a retried proposal whose key is no longer
+	// remembered (ErrOutcomeUnknown); nothing was applied.
+	ProposalOutcomeUnknown ProposalOutcome = "outcome_unknown"
 )
 
 // ProposalReport is one answered proposal, for Observer.Proposed.

@@ -483,7 +483,7 @@ func (s *Server) publish(ev Event) {
 	case EventTransaction:
 		tx := ev.Transaction
 		msg := (&TransactionMessage{ShareDataID: tx.ShareDataID, TransactionID: tx.ID, PreviousTransactionID: tx.PreviousID,
-			FunctionID: tx.FunctionID, ProposedData: tx.ProposedData, Replayed: true}).AppendJSON(nil)
+			FunctionID: tx.FunctionID, ProposedData: tx.ProposedData, Replayed: true, IdempotencyKey: tx.IdempotencyKey}).AppendJSON(nil)
 		if err := s.store.Append(ctx, ev.ShareDataID, ReplayRecord{TransactionID: tx.ID, PreviousTransactionID: tx.PreviousID, Message: msg}); err != nil {
 			s.log.Error("realtime: replay store append failed", "share_data_id", ev.ShareDataID, "err", err)
 		}
@@ -504,6 +504,23 @@ func (s *Server) removeSession(sess *session) {
 		s.stats.connections.Add(-1)
 	}
 	s.mu.Unlock()
+}
+
+// apply applies a proposal through the manager: at most once when it has
+// a key and the manager is a KeyedApplier. A retried keyed proposal on a
+// manager that is not is answered ErrOutcomeUnknown rather than risk a
+// second application.
+func (s *Server) apply(ctx context.Context, m *ProposeMessage, fn Function) (*Transaction, error) {
+	if m.IdempotencyKey == "" {
+		return s.manager.Apply(ctx, m.ShareDataID, fn, m.ProposedData)
+	}
+	if ka, ok := s.manager.(KeyedApplier); ok {
+		return ka.ApplyKeyed(ctx, m.ShareDataID, fn, m.ProposedData, m.IdempotencyKey, m.Retry)
+	}
+	if m.Retry {
+		return nil, ErrOutcomeUnknown
+	}
+	return s.manager.Apply(ctx, m.ShareDataID, fn, m.ProposedData)
 }
 
 // subscribed counts a subscribe's outcome for the observer.

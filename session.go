@@ -2,6 +2,7 @@ package realtime
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -475,7 +476,13 @@ func (s *session) propose(m *ProposeMessage) {
 		reject(ProposalUnresolved, peerText(err))
 		return
 	}
-	tx, err := srv.manager.Apply(s.ctx, m.ShareDataID, fn, m.ProposedData)
+	tx, err := srv.apply(s.ctx, m, fn)
+	if errors.Is(err, ErrOutcomeUnknown) {
+		srv.stats.proposalsRejected.Add(1)
+		s.send(&ProposalResultMessage{CorrelationID: m.CorrelationID, Error: peerText(err), Code: CodeOutcomeUnknown})
+		srv.proposed(m.FunctionID, ProposalOutcomeUnknown, start)
+		return
+	}
 	if err != nil {
 		reject(ProposalRejected, peerText(err))
 		return

@@ -1,0 +1,219 @@
+package realtime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestKeyedProposalsOnTheWire: a raw client sends a keyed proposal, then
+// the same key again as a retry: one transaction, carrying the key, and two
+// results naming it. A function's refusal is remembered, not run again. A
+// retry whose key may have been pushed out of the window is answered
+// outcome-unknown and applies nothing.
+func TestKeyedProposalsOnTheWire(t *testing.T) {
+	var calls atomic.Int64
+	rs := newRTServer(t, nil)
+	rs.mgr.AddFunction("doc", Function{ID: "picky", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) {
+		calls.Add(1)
+		return nil, errors.New("picky says no")
+	}})
+	c := dialRT(t, rs.url, nil)
+	c.subscribe("doc")
+	// propose sends a proposal and returns its result, checking that a
+	// transaction frame came before it exactly when it was accepted
+	// afresh.
+	propose := func(fn, key string, retry bool, cid string, fresh bool) *ProposalResultMessage {
+		t.Helper()
+		c.send(&ProposeMessage{ShareDataID: "doc", FunctionID: fn, ProposedData: json.RawMessage(`{"by":1}`), CorrelationID: cid, IdempotencyKey: key, Retry: retry})
+		if fresh {
+			if tx := nextAs[*TransactionMessage](c); tx.IdempotencyKey != key {
+				t.Fatalf("transaction with key %q, want %q", tx.IdempotencyKey, key)
+			}
+		}
+		return nextAs[*ProposalResultMessage](c)
+	}
+	c.send(&ProposeMessage{ShareDataID: "doc", FunctionID: "increment", ProposedData: json.RawMessage(`{"by":1}`), CorrelationID: "1", IdempotencyKey: "k-1"})
+	tx := nextAs[*TransactionMessage](c)
+	first := nextAs[*ProposalResultMessage](c)
+	if tx.IdempotencyKey != "k-1" || !first.Accepted || first.TransactionID != tx.TransactionID {
+		t.Fatalf("transaction %+v, result %+v", tx, first)
+	}
+	if again := propose("increment", "k-1", true, "2", false); !again.Accepted || again.TransactionID != tx.TransactionID {
+		t.Fatalf("the retry was answered %+v, want the first transaction %s", again, tx.TransactionID)
+	}
+	c.quiet(50 * time.Millisecond) // and no second transaction
+	if snap, _ := rs.mgr.Snapshot(context.Background(), "doc"); string(snap.State) != `{"count":1}` {
+		t.Fatalf("state %s after a proposal and its retry", snap.State)
+	}
+
+	r1, r2 := propose("picky", "k-2", false, "3", false), propose("picky", "k-2", true, "4", false)
+	if r1.Accepted || r2.Accepted || r1.Error != "picky says no" || r2.Error != r1.Error || calls.Load() != 1 {
+		t.Fatalf("refusal %+v then %+v, function called %d times", r1, r2, calls.Load())
+	}
+
+	// A window of two keys: k-3 and k-4 push k-1 and k-2 out before their
+	// age, so a retry of an unknown key cannot be told from theirs.
+	it, _ := rs.mgr.item("doc")
+	it.mu.Lock()
+	it.keys.max = 2
+	it.mu.Unlock()
+	for i, k := range []string{"k-3", "k-4"} {
+		if r := propose("increment", k, false, string(rune('a'+i)), true); !r.Accepted {
+			t.Fatal(r.Error)
+		}
+	}
+	r := propose("increment", "k-1", true, "5", false)
+	if r.Accepted || r.Code != CodeOutcomeUnknown {
+		t.Fatalf("a retry of a forgotten key was answered %+v", r)
+	}
+	c.quiet(50 * time.Millisecond)
+	// A first send of a new key is applied, window or not.
+	if r := propose("increment", "k-5", false, "6", true); !r.Accepted {
+		t.Fatal(r.Error)
+	}
+}
+
+// TestSeedProtocolProposalsUnchanged: a client of the seed's protocol (no
+// key) proposing the same thing twice gets two transactions, and no frame
+// it receives carries a field it does not know.
+func TestSeedProtocolProposalsUnchanged(t *testing.T) {
+	rs := newRTServer(t, nil)
+	rc := connectRaw(t, rs.hs)
+	rc.send(fText, []byte(`{"v":1,"type":"subscribe","shareDataId":"doc"}`))
+	rc.mustRead() // state
+	var frames []string
+	for _, cid := range []string{"c-1", "c-2"} {
+		rc.send(fText, []byte(`{"v":1,"type":"propose","shareDataId":"doc","functionId":"increment","proposedData":{"by":1},"correlationId":"`+cid+`"}`))
+		frames = append(frames, string(rc.mustRead().payload), string(rc.mustRead().payload))
+	}
+	var txs []string
+	for _, f := range frames {
+		if strings.Contains(f, "idempotencyKey") || strings.Contains(f, `"code"`) {
+			t.Fatalf("a seed client got %s", f)
+		}
+		if m, err := DecodeServerMessage([]byte(f)); err == nil {
+			if tx, ok := m.(*TransactionMessage); ok {
+				txs = append(txs, tx.TransactionID)
+			}
+		}
+	}
+	if len(txs) != 2 || txs[0] == txs[1] {
+		t.Fatalf("two identical proposals without a key made transactions %v; frames:\n%s", txs, strings.Join(frames, "\n"))
+	}
+	if want := `{"v":1,"type":"proposal-result","correlationId":"c-2","accepted":true,"transactionId":"` + txs[1] + `"}`; frames[3] != want {
+		t.Fatalf("result %s, want %s", frames[3], want)
+	}
+}
+
+// TestProposeExactlyOnceAcrossCuts: a Go client proposes through a proxy
+// that cuts connections at random points in both directions, so proposals
+// are lost before they are sent, applied with their results lost, or cut
+// in their results. Every Propose returns the transaction the manager
+// recorded for it, and no proposal is applied twice.
+func TestProposeExactlyOnceAcrossCuts(t *testing.T) {
+	for _, seed := range []uint64{1, 2} {
+		rs := newRTServer(t, nil)
+		rng := rand.New(rand.NewPCG(seed, 20))
+		var mu sync.Mutex
+		var cuts atomic.Int64
+		p := newFaultProxy(t, rs.hs.Listener.Addr().String(), func(n int) proxyPlan {
+			mu.Lock()
+			defer mu.Unlock()
+			if n > 60 {
+				return proxyPlan{} // let the run finish
+			}
+			// Every connection is cut after a few proposals: on the way
+			// up (the proposal lost or cut, before the server read it) or
+			// down (applied, its result lost or cut), with a FIN or a
+			// reset.
+			onCut := func() { cuts.Add(1) }
+			switch rng.IntN(3) {
+			case 0:
+				return proxyPlan{cutUpAt: 250 + rng.Int64N(2000), onCut: onCut}
+			case 1:
+				return proxyPlan{cutDownAt: 130 + rng.Int64N(2000), onCut: onCut}
+			}
+			return proxyPlan{cutDownAt: 130 + rng.Int64N(2000), reset: true, onCut: onCut}
+		})
+		applied := map[string]string{} // transaction id -> key
+		var appliedMu sync.Mutex
+		cancel := rs.mgr.Listen(func(ev Event) {
+			if ev.Kind == EventTransaction {
+				appliedMu.Lock()
+				if _, dup := applied[ev.Transaction.ID]; dup {
+					t.Errorf("transaction %s announced twice", ev.Transaction.ID)
+				}
+				applied[ev.Transaction.ID] = ev.Transaction.IdempotencyKey
+				appliedMu.Unlock()
+			}
+		})
+		c, err := NewClient(p.url(), &ClientOptions{ReconnectMin: time.Millisecond, ReconnectMax: 20 * time.Millisecond,
+			RequestTimeout: 30 * time.Second, Logger: quietLogger})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, stop := context.WithTimeout(context.Background(), 20*time.Second)
+		if err := c.Connect(ctx); err != nil {
+			t.Fatal(err)
+		}
+		stop()
+		const workers, each = 4, 50
+		results := make(chan string, workers*each)
+		var wg sync.WaitGroup
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < each; i++ {
+					id, err := c.Propose(context.Background(), "doc", "increment", json.RawMessage(`{"by":1}`))
+					if err != nil {
+						t.Errorf("Propose: %v", err)
+						return
+					}
+					results <- id
+				}
+			}()
+		}
+		wg.Wait()
+		close(results)
+		c.Close()
+		cancel()
+		seen := map[string]bool{}
+		appliedMu.Lock()
+		keys := map[string]bool{}
+		for _, k := range applied {
+			if k == "" || keys[k] {
+				t.Errorf("a transaction with key %q (a key applied twice, or none)", k)
+			}
+			keys[k] = true
+		}
+		for id := range results {
+			if seen[id] {
+				t.Errorf("two proposals returned transaction %s", id)
+			}
+			seen[id] = true
+			if _, ok := applied[id]; !ok {
+				t.Errorf("Propose returned %s, which the manager never applied", id)
+			}
+		}
+		n := len(applied)
+		appliedMu.Unlock()
+		if n != workers*each || len(seen) != workers*each {
+			t.Errorf("seed %d: %d proposals returned %d transactions; the manager applied %d", seed, workers*each, len(seen), n)
+		}
+		if snap, _ := rs.mgr.Snapshot(context.Background(), "doc"); string(snap.State) != `{"count":200}` {
+			t.Errorf("seed %d: state %s", seed, snap.State)
+		}
+		t.Logf("seed %d: %d cuts, %d proposals, each applied once", seed, cuts.Load(), workers*each)
+		if cuts.Load() == 0 {
+			t.Errorf("seed %d: no connection was cut", seed)
+		}
+	}
+}
