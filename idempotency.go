@@ -36,8 +36,9 @@ type KeyedApplier interface {
 	// with a key is applied (or refused by its function) and its outcome
 	// remembered (see KeyWindowSize and KeyWindowAge); a later one with
 	// the same key on the same item returns that outcome without running
-	// the function: the same *Transaction, or an error with the same
-	// text. A retry whose key is not remembered is applied when no key of
+	// the function: a *Transaction with the first one's ID (and
+	// ShareDataID and IdempotencyKey; the rest is not kept), or an error
+	// with the same text. A retry whose key is not remembered is applied when no key of
 	// the item younger than KeyWindowAge has been pushed out of the
 	// window, and returns ErrOutcomeUnknown otherwise. The check and the
 	// apply are one step under the item's lock, so two proposals with one
@@ -60,8 +61,8 @@ type keyWindow struct {
 
 type keyEntry struct {
 	key     string
-	tx      *Transaction // applied
-	refusal string       // or refused by the function with this text
+	txID    string // applied as this transaction (its id alone: states can be large)
+	refusal string // or refused by the function with this text
 	at      time.Time
 }
 
@@ -114,10 +115,10 @@ func (w *keyWindow) add(e *keyEntry) {
 	w.byKey[e.key] = e
 }
 
-// remembered returns the outcome an entry recorded.
-func (e *keyEntry) remembered() (*Transaction, error) {
-	if e.tx != nil {
-		return e.tx, nil
+// remembered returns the outcome an entry of shareDataID recorded.
+func (e *keyEntry) remembered(shareDataID string) (*Transaction, error) {
+	if e.txID != "" {
+		return &Transaction{ShareDataID: shareDataID, ID: e.txID, IdempotencyKey: e.key}, nil
 	}
 	return nil, errors.New(e.refusal)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -215,5 +216,31 @@ func TestProposeExactlyOnceAcrossCuts(t *testing.T) {
 		if cuts.Load() == 0 {
 			t.Errorf("seed %d: no connection was cut", seed)
 		}
+	}
+}
+
+// BenchmarkKeyWindowMemory reports the heap a remembered key holds: a
+// full window of 1,000 keys of 22 characters, as the Go client makes them,
+// each applied as a transaction of a state of 2 KiB (which the window does
+// not keep).
+func BenchmarkKeyWindowMemory(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		m := NewMemoryManager()
+		state := json.RawMessage(`"` + strings.Repeat("s", 2<<10) + `"`)
+		set := Function{ID: "set", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) { return p, nil }}
+		m.Create(context.Background(), "doc", nil, set)
+		var m0, m1 runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m0)
+		for k := 0; k < KeyWindowSize; k++ {
+			if _, err := m.ApplyKeyed(context.Background(), "doc", set, state, newIdempotencyKey(), false); err != nil {
+				b.Fatal(err)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&m1)
+		// The item holds one state; everything else the keys hold.
+		b.ReportMetric(float64(int64(m1.HeapAlloc)-int64(m0.HeapAlloc)-int64(len(state)))/KeyWindowSize, "B/key")
+		runtime.KeepAlive(m)
 	}
 }

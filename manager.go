@@ -333,7 +333,7 @@ func (m *MemoryManager) ApplyKeyed(ctx context.Context, shareDataID string, fn F
 	}
 	now := time.Now()
 	if e := it.keys.lookup(key, now); e != nil {
-		return e.remembered()
+		return e.remembered(shareDataID)
 	}
 	if retry && it.keys.unsure(now) {
 		return nil, ErrOutcomeUnknown
@@ -341,7 +341,7 @@ func (m *MemoryManager) ApplyKeyed(ctx context.Context, shareDataID string, fn F
 	tx, err := m.applyLocked(ctx, it, shareDataID, fn, proposed, key)
 	switch {
 	case err == nil:
-		it.keys.add(&keyEntry{key: key, tx: tx, at: now})
+		it.keys.add(&keyEntry{key: key, txID: tx.ID, at: now})
 	case refusalToRemember(err):
 		it.keys.add(&keyEntry{key: key, refusal: err.Error(), at: now})
 	}
