@@ -53,6 +53,8 @@ type diskRecord struct {
 	Last     string          `json:"last,omitempty"`
 	Window   []diskTx        `json:"window,omitempty"`
 	Count    int             `json:"count,omitempty"`
+	Key      string          `json:"key,omitempty"` // a keyed proposal's idempotency key
+	At       int64           `json:"at,omitempty"`  // when a keyed transaction was applied, Unix ns
 }
 
 // diskTx is one transaction of a snapshot's replay window.
@@ -61,6 +63,8 @@ type diskTx struct {
 	Prev     string          `json:"prev,omitempty"`
 	Fn       string          `json:"fn,omitempty"`
 	Proposed json.RawMessage `json:"proposed"`
+	Key      string          `json:"key,omitempty"`
+	At       int64           `json:"at,omitempty"`
 }
 
 // appendDiskRecord appends r, framed, to dst.

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // This file holds DiskManager: share data kept in a directory, with group
@@ -137,6 +138,7 @@ type diskItem struct {
 	hVersion uint64
 	hRemoved bool
 	fns      map[string]Function
+	hKeys    *keyWindow // keyed proposals' outcomes, rebuilt from the window at open
 
 	smu     sync.Mutex // guards the committed fields; held while listeners run
 	live    bool       // created on disk and not removed
@@ -152,6 +154,8 @@ type windowEntry struct {
 	id, prev, fn string
 	proposed     json.RawMessage
 	msg          []byte // the replayed frame's payload, once a replay encoded it
+	key          string // the proposal's idempotency key, if it had one
+	at           int64  // when a keyed transaction was applied, Unix ns
 }
 
 // diskPending is one record waiting for the committer: commit applies it
@@ -183,6 +187,9 @@ func OpenDiskManager(dir string, opts *DiskManagerOptions) (*DiskManager, error)
 			m.logf.Close()
 		}
 		return nil, err
+	}
+	for _, it := range m.items {
+		it.hKeys = keysFromWindow(it.window)
 	}
 	m.wg.Add(1)
 	go m.run()
@@ -298,7 +305,7 @@ func (m *DiskManager) loadSnapshot(path string) error {
 			it := &diskItem{fns: make(map[string]Function), live: true}
 			it.state, it.last, it.version = r.State, r.Last, r.V
 			for _, w := range r.Window {
-				it.window = append(it.window, windowEntry{id: w.ID, prev: w.Prev, fn: w.Fn, proposed: w.Proposed})
+				it.window = append(it.window, windowEntry{id: w.ID, prev: w.Prev, fn: w.Fn, proposed: w.Proposed, key: w.Key, at: w.At})
 			}
 			it.syncHead()
 			m.items[r.ID] = it
@@ -344,7 +351,7 @@ func (m *DiskManager) replayRecord(r *diskRecord) string {
 			return "transaction " + quoteForError(r.Tx) + " does not follow " + quoteForError(it.last)
 		}
 		it.state, it.last = r.State, r.Tx
-		m.pushWindow(it, windowEntry{id: r.Tx, prev: r.Prev, fn: r.Fn, proposed: r.Proposed})
+		m.pushWindow(it, windowEntry{id: r.Tx, prev: r.Prev, fn: r.Fn, proposed: r.Proposed, key: r.Key, at: r.At})
 	case "update":
 		it.state = r.State
 	case "remove":
@@ -544,7 +551,7 @@ func (m *DiskManager) writeSnapshot(gen uint64, items []capturedItem) error {
 		for _, it := range items {
 			r := diskRecord{Op: "item", ID: it.id, V: it.version, State: it.state, Last: it.last}
 			for _, e := range it.window {
-				r.Window = append(r.Window, diskTx{ID: e.id, Prev: e.prev, Fn: e.fn, Proposed: e.proposed})
+				r.Window = append(r.Window, diskTx{ID: e.id, Prev: e.prev, Fn: e.fn, Proposed: e.proposed, Key: e.key, At: e.at})
 			}
 			if buf, err = appendDiskRecord(buf[:0], &r); err != nil {
 				return err
@@ -821,13 +828,84 @@ func (m *DiskManager) Apply(ctx context.Context, shareDataID string, fn Function
 		it.hmu.Unlock()
 		return nil, err
 	}
+	return m.applyHead(it, shareDataID, fn, proposed, next, nil)
+}
+
+// ApplyKeyed implements KeyedApplier. The key is written with its
+// transaction, so the window of keys survives a restart or a crash with
+// the replay window it is part of (after a restart, the keys older than
+// the replay window's oldest transaction are forgotten, and retries are
+// answered ErrOutcomeUnknown while such keys may be younger than
+// KeyWindowAge). A repeat waits until the first one's transaction is on
+// disk before it answers. Refusals are remembered in memory only: after a
+// restart a retried refusal is decided again.
+func (m *DiskManager) ApplyKeyed(ctx context.Context, shareDataID string, fn Function, proposed json.RawMessage, key string, retry bool) (*Transaction, error) {
+	proposed, err := checkProposal(fn, proposed)
+	if err != nil {
+		return nil, err
+	}
+	it, err := m.lockHead(shareDataID)
+	if err != nil {
+		return nil, err
+	}
+	if it.hKeys == nil {
+		it.hKeys = newKeyWindow()
+	}
+	now := time.Now()
+	if e := it.hKeys.lookup(key, now); e != nil {
+		it.hmu.Unlock()
+		if e.durable != nil {
+			<-e.durable
+		}
+		if e.err != nil {
+			return nil, e.err
+		}
+		return e.remembered(shareDataID)
+	}
+	if retry && it.hKeys.unsure(now) {
+		it.hmu.Unlock()
+		return nil, ErrOutcomeUnknown
+	}
+	next, err := runFunction(ctx, fn, it.hState, proposed)
+	if err != nil {
+		if refusalToRemember(err) {
+			it.hKeys.add(&keyEntry{key: key, refusal: err.Error(), at: now})
+		}
+		it.hmu.Unlock()
+		return nil, err
+	}
+	e := &keyEntry{key: key, at: now, durable: make(chan struct{})}
+	tx, err := m.applyHead(it, shareDataID, fn, proposed, next, e)
+	e.err = err
+	close(e.durable)
+	return tx, err
+}
+
+// applyHead writes the transaction computed from the head, whose lock the
+// caller holds (applyHead releases it), and returns once it is on disk.
+// With e, it is a keyed proposal's: e is remembered as the head moves, so
+// a repeat finds it at once (and waits for e.durable).
+func (m *DiskManager) applyHead(it *diskItem, shareDataID string, fn Function, proposed, next json.RawMessage, e *keyEntry) (*Transaction, error) {
 	tx := &Transaction{ShareDataID: shareDataID, ID: m.newID(), PreviousID: it.hLast, FunctionID: fn.ID, ProposedData: proposed, State: next}
+	// Every transaction keeps its time, so that after a restart the key
+	// window knows how young the oldest transaction it still has is.
+	rec := &diskRecord{Op: "tx", ID: shareDataID, Tx: tx.ID, Prev: tx.PreviousID, Fn: fn.ID, Proposed: proposed, State: next, At: time.Now().UnixNano()}
+	if e != nil {
+		e.txID, tx.IdempotencyKey = tx.ID, e.key
+		rec.Key, rec.At = e.key, e.at.UnixNano()
+	}
 	v := it.hVersion + 1
-	err = m.change(it, &diskRecord{Op: "tx", ID: shareDataID, V: v, Tx: tx.ID, Prev: tx.PreviousID, Fn: fn.ID, Proposed: proposed, State: next},
-		func() { it.hState, it.hLast, it.hVersion = next, tx.ID, v },
+	rec.V = v
+	err := m.change(it, rec,
+		func() {
+			it.hState, it.hLast, it.hVersion = next, tx.ID, v
+			if e != nil {
+				it.hKeys.add(e)
+			}
+		},
 		func() {
 			it.state, it.last, it.version = tx.State, tx.ID, v
-			m.pushWindow(it, windowEntry{id: tx.ID, prev: tx.PreviousID, fn: tx.FunctionID, proposed: tx.ProposedData})
+			m.pushWindow(it, windowEntry{id: tx.ID, prev: tx.PreviousID, fn: tx.FunctionID, proposed: tx.ProposedData, key: rec.Key, at: rec.At})
 			m.listeners.notify(Event{Kind: EventTransaction, ShareDataID: shareDataID, Version: v, Transaction: tx})
 		})
 	if err != nil {
@@ -919,7 +997,7 @@ func (m *DiskManager) Replay(ctx context.Context, shareDataID, since, until stri
 		e := &w[i]
 		if e.msg == nil { // encoded once, at the first replay that needs it
 			e.msg = (&TransactionMessage{ShareDataID: shareDataID, TransactionID: e.id, PreviousTransactionID: e.prev,
-				FunctionID: e.fn, ProposedData: e.proposed, Replayed: true}).AppendJSON(nil)
+				FunctionID: e.fn, ProposedData: e.proposed, Replayed: true, IdempotencyKey: e.key}).AppendJSON(nil)
 		}
 		out = append(out, ReplayRecord{TransactionID: e.id, PreviousTransactionID: e.prev, Message: e.msg})
 	}

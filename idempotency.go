@@ -64,6 +64,11 @@ type keyEntry struct {
 	txID    string // applied as this transaction (its id alone: states can be large)
 	refusal string // or refused by the function with this text
 	at      time.Time
+	// durable, for a manager that writes the transaction after the key is
+	// remembered, is closed once it is written; err then says whether
+	// that failed.
+	durable chan struct{}
+	err     error
 }
 
 func newKeyWindow() *keyWindow {
@@ -113,6 +118,30 @@ func (w *keyWindow) add(e *keyEntry) {
 	}
 	w.entries = append(w.entries, e)
 	w.byKey[e.key] = e
+}
+
+// keysFromWindow rebuilds a key window from a replay window's keyed
+// transactions (oldest first), as a manager that persists them does at
+// open. When transactions older than the window's oldest existed, their
+// keys are gone: retries are unsure until that oldest one is older than
+// the age.
+func keysFromWindow(window []windowEntry) *keyWindow {
+	w := newKeyWindow()
+	for _, e := range window {
+		if e.key != "" {
+			w.add(&keyEntry{key: e.key, txID: e.id, at: time.Unix(0, e.at)})
+		}
+	}
+	if len(window) > 0 && window[0].prev != "" {
+		oldest := time.Unix(0, window[0].at)
+		if window[0].at == 0 {
+			oldest = time.Now() // no time kept: unsure for a whole age from now
+		}
+		if oldest.After(w.lostAt) {
+			w.lostAt = oldest
+		}
+	}
+	return w
 }
 
 // remembered returns the outcome an entry of shareDataID recorded.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync"
@@ -113,18 +114,58 @@ func TestSeedProtocolProposalsUnchanged(t *testing.T) {
 	}
 }
 
+// keyedStore is a manager that can hold the test's share data.
+type keyedStore interface {
+	Manager
+	KeyedApplier
+	FunctionLookup
+	Create(ctx context.Context, shareDataID string, state json.RawMessage, fns ...Function) error
+}
+
+// serveStore runs a Server over store, holding "doc" (count 0).
+func serveStore(t *testing.T, store keyedStore) *httptest.Server {
+	t.Helper()
+	if err := store.Create(context.Background(), "doc", json.RawMessage(`{"count":0}`), testFunctions...); err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(store, &ServerOptions{ResolveFunction: IDFunctionResolver(store), Logger: quietLogger})
+	hs := httptest.NewServer(srv)
+	t.Cleanup(func() {
+		srv.Shutdown(context.Background())
+		hs.Close()
+	})
+	return hs
+}
+
 // TestProposeExactlyOnceAcrossCuts: a Go client proposes through a proxy
 // that cuts connections at random points in both directions, so proposals
 // are lost before they are sent, applied with their results lost, or cut
 // in their results. Every Propose returns the transaction the manager
-// recorded for it, and no proposal is applied twice.
+// recorded for it, and no proposal is applied twice: over a MemoryManager
+// and a DiskManager.
 func TestProposeExactlyOnceAcrossCuts(t *testing.T) {
-	for _, seed := range []uint64{1, 2} {
-		rs := newRTServer(t, nil)
+	for _, tc := range []struct {
+		name string
+		seed uint64
+		open func(t *testing.T) keyedStore
+	}{
+		{"memory", 1, func(t *testing.T) keyedStore { return NewMemoryManager() }},
+		{"memory", 2, func(t *testing.T) keyedStore { return NewMemoryManager() }},
+		{"disk", 3, func(t *testing.T) keyedStore {
+			dm, err := OpenDiskManager(t.TempDir(), &DiskManagerOptions{Logger: quietLogger})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { dm.Close() })
+			return dm
+		}},
+	} {
+		seed, store := tc.seed, tc.open(t)
+		hs := serveStore(t, store)
 		rng := rand.New(rand.NewPCG(seed, 20))
 		var mu sync.Mutex
 		var cuts atomic.Int64
-		p := newFaultProxy(t, rs.hs.Listener.Addr().String(), func(n int) proxyPlan {
+		p := newFaultProxy(t, hs.Listener.Addr().String(), func(n int) proxyPlan {
 			mu.Lock()
 			defer mu.Unlock()
 			if n > 60 {
@@ -145,7 +186,7 @@ func TestProposeExactlyOnceAcrossCuts(t *testing.T) {
 		})
 		applied := map[string]string{} // transaction id -> key
 		var appliedMu sync.Mutex
-		cancel := rs.mgr.Listen(func(ev Event) {
+		cancel := store.Listen(func(ev Event) {
 			if ev.Kind == EventTransaction {
 				appliedMu.Lock()
 				if _, dup := applied[ev.Transaction.ID]; dup {
@@ -209,10 +250,10 @@ func TestProposeExactlyOnceAcrossCuts(t *testing.T) {
 		if n != workers*each || len(seen) != workers*each {
 			t.Errorf("seed %d: %d proposals returned %d transactions; the manager applied %d", seed, workers*each, len(seen), n)
 		}
-		if snap, _ := rs.mgr.Snapshot(context.Background(), "doc"); string(snap.State) != `{"count":200}` {
-			t.Errorf("seed %d: state %s", seed, snap.State)
+		if snap, _ := store.Snapshot(context.Background(), "doc"); string(snap.State) != `{"count":200}` {
+			t.Errorf("%s, seed %d: state %s", tc.name, seed, snap.State)
 		}
-		t.Logf("seed %d: %d cuts, %d proposals, each applied once", seed, cuts.Load(), workers*each)
+		t.Logf("%s, seed %d: %d cuts, %d proposals, each applied once", tc.name, seed, cuts.Load(), workers*each)
 		if cuts.Load() == 0 {
 			t.Errorf("seed %d: no connection was cut", seed)
 		}
@@ -242,5 +283,68 @@ func BenchmarkKeyWindowMemory(b *testing.B) {
 		// The item holds one state; everything else the keys hold.
 		b.ReportMetric(float64(int64(m1.HeapAlloc)-int64(m0.HeapAlloc)-int64(len(state)))/KeyWindowSize, "B/key")
 		runtime.KeepAlive(m)
+	}
+}
+
+// TestDiskKeysSurviveRestart: a DiskManager remembers a keyed proposal's
+// transaction across a close and a reopen (the key is in the log with the
+// transaction): a retry returns it and applies nothing. A retry of an
+// unknown key is applied while the log still holds every transaction; once
+// older transactions left the replay window, such a retry is answered
+// ErrOutcomeUnknown for as long as the missing keys could be younger than
+// the window's age.
+func TestDiskKeysSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	open := func() *DiskManager {
+		dm, err := OpenDiskManager(dir, &DiskManagerOptions{ReplayWindow: 2, Logger: quietLogger})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fn := range testFunctions {
+			if fn.ID != "" {
+				dm.AddFunction("doc", fn) // functions are code: registered again at each start
+			}
+		}
+		return dm
+	}
+	dm := open()
+	if err := dm.Create(ctx, "doc", json.RawMessage(`{"count":0}`), testFunctions...); err != nil {
+		t.Fatal(err)
+	}
+	inc, _ := dm.Function("doc", "increment")
+	first, err := dm.ApplyKeyed(ctx, "doc", inc, json.RawMessage(`{"by":1}`), "k-1", false)
+	if err != nil || first.IdempotencyKey != "k-1" {
+		t.Fatalf("%+v, %v", first, err)
+	}
+	dm.Close()
+
+	dm = open()
+	inc, _ = dm.Function("doc", "increment")
+	again, err := dm.ApplyKeyed(ctx, "doc", inc, json.RawMessage(`{"by":1}`), "k-1", true)
+	if err != nil || again.ID != first.ID {
+		t.Fatalf("retry after a restart: %+v, %v; want %s", again, err, first.ID)
+	}
+	if _, err := dm.ApplyKeyed(ctx, "doc", inc, json.RawMessage(`{"by":1}`), "k-new", true); err != nil {
+		t.Fatalf("a retry of a key never seen, every transaction still in the log's window: %v", err)
+	}
+	for i := 0; i < 4; i++ { // push the first transactions out of a window of 2 (kept up to 4)
+		if _, err := dm.Apply(ctx, "doc", inc, json.RawMessage(`{"by":1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dm.Close()
+
+	dm = open()
+	defer dm.Close()
+	inc, _ = dm.Function("doc", "increment")
+	if _, err := dm.ApplyKeyed(ctx, "doc", inc, json.RawMessage(`{"by":1}`), "k-1", true); !errors.Is(err, ErrOutcomeUnknown) {
+		t.Fatalf("a retry of a key the window lost: %v, want ErrOutcomeUnknown", err)
+	}
+	if snap, _ := dm.Snapshot(ctx, "doc"); string(snap.State) != `{"count":6}` {
+		t.Fatalf("state %s, want 6 increments", snap.State)
+	}
+	if _, err := dm.ApplyKeyed(ctx, "doc", inc, json.RawMessage(`{"by":1}`), "k-fresh", false); err != nil {
+		t.Fatalf("a first send is applied whatever the window: %v", err)
 	}
 }
