@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -112,6 +113,11 @@ func (m *Manager) channel() string            { return m.opts.Prefix + ":events"
 func (m *Manager) itemKey(id string) string   { return m.opts.Prefix + ":item:" + id }
 func (m *Manager) replayKey(id string) string { return m.store.key(id) }
 
+// keysKey and keyTimesKey hold an item's window of idempotency keys: their
+// outcomes and the times they were recorded.
+func (m *Manager) keysKey(id string) string     { return m.opts.Prefix + ":keys:" + id }
+func (m *Manager) keyTimesKey(id string) string { return m.opts.Prefix + ":keyt:" + id }
+
 // Close stops the manager's subscription and waits for its goroutine,
 // whether or not Redis answers.
 func (m *Manager) Close() error {
@@ -126,7 +132,7 @@ func (m *Manager) Close() error {
 
 var createScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], 's', ARGV[1], 'v', 0, 'l', '')
 return 1
 `)
@@ -147,6 +153,84 @@ redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 `)
 
+// keyedApplyScript is applyScript for a keyed proposal, with two more
+// keys: KEYS[3], a hash of each remembered key's outcome ("t" and the
+// transaction id, or "r" and the refusal), and KEYS[4], a sorted set of
+// the keys by the time (Redis's clock, ms) they were recorded. ARGV[8] is
+// the key, ARGV[9] and ARGV[10] the window's size and age (ms). It returns
+// 1 when committed, 0 when the version moved, -1 when the item is gone,
+// and 2 when the key was recorded meanwhile (by another instance): the
+// caller answers with that outcome.
+var keyedApplyScript = redis.NewScript(`
+local v = redis.call('HGET', KEYS[1], 'v')
+if not v then return -1 end
+if redis.call('HEXISTS', KEYS[3], ARGV[8]) == 1 then return 2 end
+if v ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 's', ARGV[2], 'v', tonumber(ARGV[1]) + 1, 'l', ARGV[3])
+local n = tonumber(ARGV[5])
+if n > 0 then
+  redis.call('RPUSH', KEYS[2], ARGV[4])
+  redis.call('LTRIM', KEYS[2], -n, -1)
+end
+` + rememberLua + `
+remember(KEYS[1], KEYS[3], KEYS[4], ARGV[8], 't' .. ARGV[3], tonumber(ARGV[9]), tonumber(ARGV[10]))
+redis.call('PUBLISH', ARGV[6], ARGV[7])
+return 1
+`)
+
+// refuseScript remembers a function's refusal of a keyed proposal unless
+// the key was recorded meanwhile; it returns the outcome recorded.
+// KEYS as keyedApplyScript's 1, 3 and 4; ARGV: key, "r" and the refusal,
+// size, age.
+var refuseScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local got = redis.call('HGET', KEYS[2], ARGV[1])
+if got then return got end
+` + rememberLua + `
+remember(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
+return ARGV[2]
+`)
+
+// rememberLua records an outcome in the key window and trims it: keys
+// older than the age leave it; past the size the oldest leave too, and
+// when one of those was younger than the age, its time is kept in the
+// item's hash as 'lost' (a retry of an unknown key may be it).
+const rememberLua = `
+local function remember(item, outcomes, times, key, outcome, size, age)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', outcomes, key, outcome)
+  redis.call('ZADD', times, now, key)
+  local old = redis.call('ZRANGEBYSCORE', times, '-inf', now - age)
+  for _, k in ipairs(old) do redis.call('HDEL', outcomes, k) end
+  redis.call('ZREMRANGEBYSCORE', times, '-inf', now - age)
+  local extra = redis.call('ZCARD', times) - size
+  if extra > 0 then
+    local popped = redis.call('ZPOPMIN', times, extra)
+    for i = 1, #popped, 2 do
+      redis.call('HDEL', outcomes, popped[i])
+      redis.call('HSET', item, 'lost', popped[i + 1])
+    end
+  end
+end
+`
+
+// lookupScript returns a key's recorded outcome, or, when it has none,
+// "unsure" when a key younger than the age (ARGV[2], ms) was pushed out of
+// the window, or false. KEYS as refuseScript's.
+var lookupScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local got = redis.call('HGET', KEYS[2], ARGV[1])
+if got then return got end
+local lost = redis.call('HGET', KEYS[1], 'lost')
+if lost then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if now - tonumber(lost) < tonumber(ARGV[2]) then return 'unsure' end
+end
+return false
+`)
+
 var updateScript = redis.NewScript(`
 local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return -1 end
@@ -159,7 +243,7 @@ return nv
 var removeScript = redis.NewScript(`
 local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return -1 end
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 redis.call('PUBLISH', ARGV[1], '{"k":3,"s":' .. ARGV[2] .. ',"v":' .. (tonumber(v) + 1) .. '}')
 return 1
 `)
@@ -194,7 +278,7 @@ func (m *Manager) Create(ctx context.Context, shareDataID string, state json.Raw
 			m.AddFunction(shareDataID, fn)
 		}
 	}
-	n, err := createScript.Run(ctx, m.rdb, []string{m.itemKey(shareDataID), m.replayKey(shareDataID)}, string(st)).Int()
+	n, err := createScript.Run(ctx, m.rdb, []string{m.itemKey(shareDataID), m.replayKey(shareDataID), m.keysKey(shareDataID), m.keyTimesKey(shareDataID)}, string(st)).Int()
 	if err != nil {
 		return err
 	}
@@ -309,6 +393,104 @@ func (m *Manager) Apply(ctx context.Context, shareDataID string, fn realtime.Fun
 	}
 }
 
+// ApplyKeyed implements realtime.KeyedApplier: the key's outcome is
+// looked up before the function runs (one round trip more than Apply),
+// and recorded by the same script that commits the transaction, which
+// also refuses to commit when another instance recorded the key
+// meanwhile: two instances applying one key commit it once. Refusals by
+// the function are recorded too (one more round trip), so a retry through
+// another instance gets the same one. The window lives in Redis, with the
+// item: it survives an instance's restart, and Redis's persistence decides
+// the rest, as for the transactions.
+func (m *Manager) ApplyKeyed(ctx context.Context, shareDataID string, fn realtime.Function, proposed json.RawMessage, key string, retry bool) (*realtime.Transaction, error) {
+	if fn.Apply == nil {
+		return nil, errors.New("redisrt: function has no Apply")
+	}
+	proposed, err := compactJSON(proposed)
+	if err != nil {
+		return nil, fmt.Errorf("redisrt: proposed data is not valid JSON: %w", err)
+	}
+	turn := m.turn(shareDataID)
+	select {
+	case turn <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-turn }()
+	windowKeys := []string{m.itemKey(shareDataID), m.keysKey(shareDataID), m.keyTimesKey(shareDataID)}
+	age := strconv.FormatInt(realtime.KeyWindowAge.Milliseconds(), 10)
+	// remembered answers with a recorded outcome.
+	remembered := func(outcome string) (*realtime.Transaction, error) {
+		if id, ok := strings.CutPrefix(outcome, "t"); ok {
+			return &realtime.Transaction{ShareDataID: shareDataID, ID: id, IdempotencyKey: key}, nil
+		}
+		return nil, errors.New(strings.TrimPrefix(outcome, "r"))
+	}
+	keys := []string{m.itemKey(shareDataID), m.replayKey(shareDataID), m.keysKey(shareDataID), m.keyTimesKey(shareDataID)}
+	for attempt := 0; ; attempt++ {
+		got, err := lookupScript.Run(ctx, m.rdb, windowKeys, key, age).Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+		case err != nil:
+			return nil, err
+		case got == int64(-1):
+			return nil, unknown(shareDataID)
+		case got == "unsure":
+			if retry {
+				return nil, realtime.ErrOutcomeUnknown
+			}
+		default:
+			if s, ok := got.(string); ok {
+				return remembered(s)
+			}
+		}
+		snap, err := m.Snapshot(ctx, shareDataID)
+		if err != nil {
+			return nil, err
+		}
+		next, err := fn.Apply(ctx, snap.State, proposed)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, err // cut short: not an outcome to remember
+			}
+			out, rerr := refuseScript.Run(ctx, m.rdb, windowKeys, key, "r"+err.Error(), realtime.KeyWindowSize, age).Text()
+			if rerr != nil && !errors.Is(rerr, redis.Nil) {
+				return nil, rerr
+			}
+			if out != "" && out != "r"+err.Error() {
+				return remembered(out) // another instance decided it first
+			}
+			return nil, err
+		}
+		if next, err = compactJSON(next); err != nil {
+			return nil, fmt.Errorf("redisrt: function %q returned invalid JSON: %w", fn.ID, err)
+		}
+		tx := &realtime.Transaction{ShareDataID: shareDataID, ID: m.idPrefix + strconv.FormatUint(m.seq.Add(1), 36),
+			PreviousID: snap.LastTransactionID, FunctionID: fn.ID, ProposedData: proposed, State: next, IdempotencyKey: key}
+		msg := (&realtime.TransactionMessage{ShareDataID: shareDataID, TransactionID: tx.ID, PreviousTransactionID: tx.PreviousID,
+			FunctionID: tx.FunctionID, ProposedData: tx.ProposedData, Replayed: true, IdempotencyKey: key}).AppendJSON(nil)
+		rec, _ := json.Marshal(record{ID: tx.ID, Prev: tx.PreviousID, Msg: string(msg)})
+		ev, _ := json.Marshal(wireOf(realtime.Event{Kind: realtime.EventTransaction, ShareDataID: shareDataID, Version: snap.Version + 1, Transaction: tx}))
+		n, err := keyedApplyScript.Run(ctx, m.rdb, keys, strconv.FormatUint(snap.Version, 10), string(next), tx.ID, rec,
+			m.opts.ReplayBufferSize, m.channel(), ev, key, realtime.KeyWindowSize, age).Int()
+		if err != nil {
+			return nil, err
+		}
+		switch n {
+		case 1:
+			return tx, nil
+		case -1:
+			return nil, unknown(shareDataID)
+		case 2:
+			continue // recorded by another instance meanwhile: the lookup answers
+		}
+		m.conflicts.Add(1)
+		if attempt >= m.opts.MaxConflictRetries {
+			return nil, fmt.Errorf("%w: %q changed %d times; propose again", ErrConflict, shareDataID, attempt+1)
+		}
+	}
+}
+
 func (m *Manager) turn(id string) chan struct{} {
 	m.imu.Lock()
 	defer m.imu.Unlock()
@@ -341,7 +523,7 @@ func (m *Manager) Update(ctx context.Context, shareDataID string, state json.Raw
 // the item and its window and publishes the event.
 func (m *Manager) Remove(ctx context.Context, shareDataID string) error {
 	id, _ := json.Marshal(shareDataID)
-	n, err := removeScript.Run(ctx, m.rdb, []string{m.itemKey(shareDataID), m.replayKey(shareDataID)}, m.channel(), string(id)).Int()
+	n, err := removeScript.Run(ctx, m.rdb, []string{m.itemKey(shareDataID), m.replayKey(shareDataID), m.keysKey(shareDataID), m.keyTimesKey(shareDataID)}, m.channel(), string(id)).Int()
 	if err != nil {
 		return err
 	}

@@ -257,7 +257,7 @@ type wireEvent struct {
 func wireOf(ev realtime.Event) wireEvent {
 	w := wireEvent{Kind: int(ev.Kind), ID: ev.ShareDataID, Version: ev.Version, State: ev.State}
 	if tx := ev.Transaction; tx != nil {
-		w.Tx = &wireTx{ID: tx.ID, Prev: tx.PreviousID, Fn: tx.FunctionID, Data: tx.ProposedData, State: tx.State}
+		w.Tx = &wireTx{ID: tx.ID, Prev: tx.PreviousID, Fn: tx.FunctionID, Data: tx.ProposedData, State: tx.State, Key: tx.IdempotencyKey}
 	}
 	return w
 }
@@ -267,7 +267,7 @@ func (w wireEvent) event() realtime.Event {
 	ev := realtime.Event{Kind: realtime.EventKind(w.Kind), ShareDataID: w.ID, Version: w.Version, State: w.State}
 	if w.Tx != nil {
 		ev.Transaction = &realtime.Transaction{ShareDataID: w.ID, ID: w.Tx.ID, PreviousID: w.Tx.Prev,
-			FunctionID: w.Tx.Fn, ProposedData: w.Tx.Data, State: w.Tx.State}
+			FunctionID: w.Tx.Fn, ProposedData: w.Tx.Data, State: w.Tx.State, IdempotencyKey: w.Tx.Key}
 	}
 	return ev
 }
@@ -278,6 +278,7 @@ type wireTx struct {
 	Fn    string          `json:"f"`
 	Data  json.RawMessage `json:"d"`
 	State json.RawMessage `json:"st"`
+	Key   string          `json:"k,omitempty"` // the proposal's idempotency key
 }
 
 // Publish implements realtime.ChannelRegistry: the local receivers get ev
