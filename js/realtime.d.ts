@@ -57,7 +57,7 @@ export interface ProposalResult {
 }
 
 export type RealtimeErrorCode =
-  | "timeout" | "queue-full" | "connection-lost" | "closed" | "stopped" | "unsubscribed" | "removed"
+  | "timeout" | "queue-full" | "connection-lost" | "outcome-unknown" | "closed" | "stopped" | "unsubscribed" | "removed"
   | "unauthorized" | "invalid-message"
   | "replay-cursor-not-found" | "forbidden" | "too-many-subscriptions" | "unknown-share-data" | "internal-error"
   | (string & {});

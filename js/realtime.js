@@ -15,8 +15,12 @@
 //   - replay-cursor-not-found is an 'error' event after the fresh 'state'.
 //   - propose() and ping() made while disconnected wait, in order, up to
 //     maxQueueSize; each times out requestTimeoutMs after it was called.
-//     A call in flight when the connection drops fails (it may or may not
-//     have been applied); it is not sent twice.
+//   - Every proposal carries an idempotencyKey. One in flight when the
+//     connection drops is sent again after the reconnect, with its key and
+//     retry: true; the server applies a key once and answers a repeat with
+//     the first outcome, so propose() settles with the one true outcome.
+//     Only a key the server no longer remembers rejects with
+//     "outcome-unknown". A ping in flight fails with "connection-lost".
 //   - Close codes: 4001 reconnects at once and is replayed; 4002 asks the
 //     token callback for a new token and stops without one; 4003 ends the
 //     subscription its unknown-share-data frame named, others go on; 4004
@@ -38,7 +42,7 @@ const FINAL_CODES = new Set(["forbidden", "too-many-subscriptions", "unknown-sha
  * RealtimeError is what the client's promises reject with and what 'error'
  * handlers receive for failures of the client itself. code says what went
  * wrong, for programs: an error frame's code, or one of "timeout",
- * "queue-full", "connection-lost", "closed", "stopped".
+ * "queue-full", "connection-lost", "outcome-unknown", "closed", "stopped".
  */
 export class RealtimeError extends Error {
   constructor(code, message, details = {}) {
@@ -53,6 +57,18 @@ function b64url(s) {
   const bytes = new TextEncoder().encode(s);
   let bin = "";
   for (const b of bytes) bin += String.fromCharCode(b);
+  return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+/** KEY_WINDOW_AGE_MS is how long the server remembers a proposal's key (10 minutes). */
+const KEY_WINDOW_AGE_MS = 10 * 60 * 1000;
+
+/** idempotencyKey returns 128 random bits, base64url: no other proposal has it. */
+function idempotencyKey() {
+  const a = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(a);
+  let bin = "";
+  for (const b of a) bin += String.fromCharCode(b);
   return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
@@ -246,12 +262,15 @@ export class RealtimeClient {
   /**
    * propose sends a proposal and resolves with the server's answer, the
    * proposal-result frame ({ accepted, transactionId } or { accepted: false,
-   * error }). It rejects with a RealtimeError: "timeout", "queue-full",
-   * "connection-lost" (the outcome is unknown), "stopped", or an error
-   * frame's code.
+   * error }), applied at most once across reconnects (see the top of this
+   * file). It rejects with a RealtimeError: "timeout" (the outcome is
+   * unknown: it may still be applied, once), "queue-full",
+   * "outcome-unknown" (the server no longer remembers its key), "stopped",
+   * or an error frame's code.
    */
   propose({ shareDataId, functionId, proposedData }) {
-    return this._request({ v: 1, type: "propose", shareDataId, functionId, proposedData });
+    const key = idempotencyKey();
+    return this._request({ v: 1, type: "propose", shareDataId, functionId, proposedData, idempotencyKey: key });
   }
 
   /** ping resolves with the round trip in milliseconds. */
@@ -350,10 +369,24 @@ export class RealtimeClient {
   }
 
   _onClose(code, reason) {
-    // Requests in flight may or may not have been applied: fail them
-    // rather than send them twice.
-    for (const r of this._pending.values()) r.fail(new RealtimeError("connection-lost", "the connection was lost before the answer; the outcome is unknown", { closeCode: code }));
+    // Keyed proposals in flight go out again first, marked as retries: the
+    // server answers a key it applied with that outcome. Past half the
+    // server's key window the key may be forgotten: outcome unknown. A
+    // ping in flight just fails.
+    const again = [];
+    for (const r of this._pending.values()) {
+      if (r.m.idempotencyKey === undefined) {
+        r.fail(new RealtimeError("connection-lost", "the connection was lost before the answer", { closeCode: code }));
+      } else if (Date.now() - r.born < KEY_WINDOW_AGE_MS / 2) {
+        r.m.retry = true;
+        again.push(r);
+      } else {
+        r.fail(new RealtimeError("outcome-unknown", "the connection was lost and the proposal is too old to be sent again", { closeCode: code }));
+      }
+    }
     this._pending.clear();
+    again.sort((a, b) => a.born - b.born);
+    this._queue = again.concat(this._queue);
     if (this._state === "stopped") return;
     if (code === CLOSE_INVALID_MESSAGE) {
       this._stop(new RealtimeError("invalid-message", "the server could not read a message of this client: " + reason, { closeCode: code }), { code, reason });
@@ -400,7 +433,7 @@ export class RealtimeClient {
   _request(m) {
     return new Promise((resolve, reject) => {
       if (this._state === "stopped") { reject(new RealtimeError("stopped", "the client is closed")); return; }
-      const r = { m, done: false };
+      const r = { m, done: false, born: Date.now() };
       r.fail = (err) => { if (!r.done) { r.done = true; clearTimeout(r.timer); reject(err); } };
       r.succeed = (v) => { if (!r.done) { r.done = true; clearTimeout(r.timer); resolve(v); } };
       r.timer = setTimeout(() => {
@@ -430,7 +463,9 @@ export class RealtimeClient {
       if (!r) return; // a heartbeat's pong, or an answer after a timeout
       this._pending.delete(m.correlationId);
       if (m.type === "error") r.fail(new RealtimeError(m.code, m.message, { frame: m }));
-      else if (m.type === "proposal-result") {
+      else if (m.type === "proposal-result" && m.code === "outcome-unknown") {
+        r.fail(new RealtimeError("outcome-unknown", m.error, { frame: m }));
+      } else if (m.type === "proposal-result") {
         const out = { accepted: m.accepted };
         if (m.transactionId !== undefined) out.transactionId = m.transactionId;
         if (m.error !== undefined) out.error = m.error;

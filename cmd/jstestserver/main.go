@@ -77,10 +77,30 @@ type testServer struct {
 	mgr *realtime.DiskManager // also the replay store: it records what is applied while the server is down
 	log *slog.Logger
 
+	cmu   sync.Mutex
+	conns []net.Conn // the WebSocket connections (hijacked), for incrementAndCut
+
 	mu   sync.Mutex
 	srv  *realtime.Server // nil while down
 	seen map[string]int   // scripted keys: connections so far
 	logs map[string][]json.RawMessage
+}
+
+// incrementAndCut increments, and before it returns (so before the
+// transaction is committed and answered) cuts every WebSocket connection's
+// TCP: the proposal is applied and its result lost, which a client can
+// only settle by resending it with its idempotency key.
+func (ts *testServer) incrementAndCut() realtime.Function {
+	return realtime.Function{ID: "incrementAndCut", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) {
+		next, err := increment.Apply(ctx, cur, json.RawMessage(`{"by":1}`))
+		ts.cmu.Lock()
+		for _, c := range ts.conns {
+			c.Close()
+		}
+		ts.conns = nil
+		ts.cmu.Unlock()
+		return next, err
+	}}
 }
 
 func (ts *testServer) newServer() *realtime.Server {
@@ -247,10 +267,10 @@ func main() {
 		os.Exit(1)
 	}
 	defer mgr.Close()
-	for _, id := range []string{"doc", "big"} {
-		mgr.Create(context.Background(), id, json.RawMessage(`{"count":0}`), increment)
-	}
 	ts := &testServer{mgr: mgr, log: log, seen: map[string]int{}, logs: map[string][]json.RawMessage{}}
+	for _, id := range []string{"doc", "big"} {
+		mgr.Create(context.Background(), id, json.RawMessage(`{"count":0}`), increment, ts.incrementAndCut())
+	}
 	ts.srv = ts.newServer()
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
@@ -258,7 +278,13 @@ func main() {
 		os.Exit(1)
 	}
 	fmt.Println("listening", ln.Addr())
-	hs := &http.Server{Handler: ts, ReadHeaderTimeout: 5 * time.Second}
+	hs := &http.Server{Handler: ts, ReadHeaderTimeout: 5 * time.Second, ConnState: func(c net.Conn, st http.ConnState) {
+		if st == http.StateHijacked {
+			ts.cmu.Lock()
+			ts.conns = append(ts.conns, c)
+			ts.cmu.Unlock()
+		}
+	}}
 	go func() {
 		io.Copy(io.Discard, os.Stdin)
 		hs.Close()

@@ -100,6 +100,31 @@ test("subscribe, propose, ping: the seed's API", async () => {
   await assert.rejects(c.propose({ shareDataId: "doc", functionId: "increment", proposedData: { by: 1 } }), (e) => e.code === "stopped");
 });
 
+test("a proposal applied whose result is lost is sent again with its key: applied once, settled with its transaction", async () => {
+  const states = [];
+  const c = client({ onStateChange: (sc) => states.push(sc.state) });
+  try {
+    await c.connect();
+    const sub = c.subscribe("doc");
+    const r = record(sub);
+    await waitFor("the state", () => r.states.length === 1);
+    const before = (await serverState("doc")).state.count;
+    // incrementAndCut cuts every WebSocket's TCP while it applies: the
+    // transaction is committed, its result never reaches this client.
+    const res = await c.propose({ shareDataId: "doc", functionId: "incrementAndCut", proposedData: { by: 1 } });
+    assert.equal(res.accepted, true);
+    assert.equal(states.filter((st) => st === "closed").length, 1, "the connection was cut once: " + states.join(","));
+    assert.equal((await serverState("doc")).state.count, before + 1, "applied once");
+    // The transaction carries the key, live or replayed after the cut.
+    await waitFor("the transaction", () => r.txs.some((t) => t.transactionId === res.transactionId));
+    const tx = r.txs.find((t) => t.transactionId === res.transactionId);
+    assert.match(tx.idempotencyKey, /^[A-Za-z0-9_-]{22}$/);
+    assert.equal(r.txs.filter((t) => t.idempotencyKey === tx.idempotencyKey).length, 1);
+  } finally {
+    c.close(); // also when an assertion failed, so nothing keeps the test process alive
+  }
+});
+
 test("a server restart: reconnect, and the missed transactions are replayed exactly once, in order", async () => {
   const c = client();
   const states = [];
