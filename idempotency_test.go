@@ -140,9 +140,10 @@ func serveStore(t *testing.T, store keyedStore) *httptest.Server {
 // TestProposeExactlyOnceAcrossCuts: a Go client proposes through a proxy
 // that cuts connections at random points in both directions, so proposals
 // are lost before they are sent, applied with their results lost, or cut
-// in their results. Every Propose returns the transaction the manager
-// recorded for it, and no proposal is applied twice: over a MemoryManager
-// and a DiskManager.
+// in their results. Every Propose returns the outcome the manager
+// recorded for it (one in five is refused by its function, and must come
+// back refused, never applied), and no proposal is applied twice: over a
+// MemoryManager and a DiskManager.
 func TestProposeExactlyOnceAcrossCuts(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -207,6 +208,8 @@ func TestProposeExactlyOnceAcrossCuts(t *testing.T) {
 		}
 		stop()
 		const workers, each = 4, 50
+		const accepted = workers * each * 4 / 5
+		var refusedN atomic.Int64
 		results := make(chan string, workers*each)
 		var wg sync.WaitGroup
 		for w := 0; w < workers; w++ {
@@ -214,6 +217,15 @@ func TestProposeExactlyOnceAcrossCuts(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				for i := 0; i < each; i++ {
+					if i%5 == 4 {
+						_, err := c.Propose(context.Background(), "doc", "fail", json.RawMessage(`1`))
+						var pe *ProposalError
+						if !errors.As(err, &pe) || pe.Reason != "the function refused" {
+							t.Errorf("a refused proposal returned %v", err)
+						}
+						refusedN.Add(1)
+						continue
+					}
 					id, err := c.Propose(context.Background(), "doc", "increment", json.RawMessage(`{"by":1}`))
 					if err != nil {
 						t.Errorf("Propose: %v", err)
@@ -247,10 +259,10 @@ func TestProposeExactlyOnceAcrossCuts(t *testing.T) {
 		}
 		n := len(applied)
 		appliedMu.Unlock()
-		if n != workers*each || len(seen) != workers*each {
-			t.Errorf("seed %d: %d proposals returned %d transactions; the manager applied %d", seed, workers*each, len(seen), n)
+		if n != accepted || len(seen) != accepted || refusedN.Load() != workers*each-accepted {
+			t.Errorf("seed %d: %d proposals returned %d transactions and %d refusals; the manager applied %d", seed, workers*each, len(seen), refusedN.Load(), n)
 		}
-		if snap, _ := store.Snapshot(context.Background(), "doc"); string(snap.State) != `{"count":200}` {
+		if snap, _ := store.Snapshot(context.Background(), "doc"); string(snap.State) != `{"count":160}` {
 			t.Errorf("%s, seed %d: state %s", tc.name, seed, snap.State)
 		}
 		t.Logf("%s, seed %d: %d cuts, %d proposals, each applied once", tc.name, seed, cuts.Load(), workers*each)

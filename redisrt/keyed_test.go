@@ -84,6 +84,17 @@ func TestKeyedApplyAcrossInstances(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// What a full window costs in Redis, per key (the outcome hash and the
+	// time index; keys of 6-9 characters here, 22 from the clients).
+	var mem int64
+	for _, k := range []string{a.keysKey("doc"), a.keyTimesKey("doc")} {
+		n, err := a.rdb.MemoryUsage(ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mem += n
+	}
+	t.Logf("a full window of %d keys: %d bytes in Redis, %d per key", realtime.KeyWindowSize, mem, mem/realtime.KeyWindowSize)
 	if _, err := b.ApplyKeyed(ctx, "doc", increment, json.RawMessage(`{"by":1}`), "k-0", true); !errors.Is(err, realtime.ErrOutcomeUnknown) {
 		t.Fatalf("a retry of a key pushed out: %v, want ErrOutcomeUnknown", err)
 	}
