@@ -189,7 +189,7 @@ func OpenDiskManager(dir string, opts *DiskManagerOptions) (*DiskManager, error)
 		return nil, err
 	}
 	for _, it := range m.items {
-		it.hKeys = keysFromWindow(it.window)
+		it.hKeys = keysFromWindow(it.window, it.last)
 	}
 	m.wg.Add(1)
 	go m.run()
@@ -815,11 +815,7 @@ func (m *DiskManager) Snapshot(ctx context.Context, shareDataID string) (Snapsho
 // ctx does, since returning early would leave the caller unsure whether it
 // was applied.
 func (m *DiskManager) Apply(ctx context.Context, shareDataID string, fn Function, proposed json.RawMessage) (*Transaction, error) {
-	proposed, err := checkProposal(fn, proposed)
-	if err != nil {
-		return nil, err
-	}
-	it, err := m.lockHead(shareDataID)
+	it, proposed, err := m.lockProposal(shareDataID, fn, proposed)
 	if err != nil {
 		return nil, err
 	}
@@ -840,11 +836,7 @@ func (m *DiskManager) Apply(ctx context.Context, shareDataID string, fn Function
 // disk before it answers. Refusals are remembered in memory only: after a
 // restart a retried refusal is decided again.
 func (m *DiskManager) ApplyKeyed(ctx context.Context, shareDataID string, fn Function, proposed json.RawMessage, key string, retry bool) (*Transaction, error) {
-	proposed, err := checkProposal(fn, proposed)
-	if err != nil {
-		return nil, err
-	}
-	it, err := m.lockHead(shareDataID)
+	it, proposed, err := m.lockProposal(shareDataID, fn, proposed)
 	if err != nil {
 		return nil, err
 	}
@@ -879,6 +871,17 @@ func (m *DiskManager) ApplyKeyed(ctx context.Context, shareDataID string, fn Fun
 	e.err = err
 	close(e.durable)
 	return tx, err
+}
+
+// lockProposal checks a proposal and returns its item with the head
+// locked, with the proposal compacted.
+func (m *DiskManager) lockProposal(shareDataID string, fn Function, proposed json.RawMessage) (*diskItem, json.RawMessage, error) {
+	proposed, err := checkProposal(fn, proposed)
+	if err != nil {
+		return nil, nil, err
+	}
+	it, err := m.lockHead(shareDataID)
+	return it, proposed, err
 }
 
 // applyHead writes the transaction computed from the head, whose lock the

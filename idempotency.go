@@ -122,20 +122,24 @@ func (w *keyWindow) add(e *keyEntry) {
 
 // keysFromWindow rebuilds a key window from a replay window's keyed
 // transactions (oldest first), as a manager that persists them does at
-// open. When transactions older than the window's oldest existed, their
-// keys are gone: retries are unsure until that oldest one is older than
-// the age.
-func keysFromWindow(window []windowEntry) *keyWindow {
+// open; last is the item's last transaction id. When transactions older
+// than the window's oldest existed (or the window keeps none), their keys
+// are gone: retries are unsure until the oldest kept one is older than the
+// age (for a whole age from now when no time is known).
+func keysFromWindow(window []windowEntry, last string) *keyWindow {
 	w := newKeyWindow()
 	for _, e := range window {
 		if e.key != "" {
 			w.add(&keyEntry{key: e.key, txID: e.id, at: time.Unix(0, e.at)})
 		}
 	}
-	if len(window) > 0 && window[0].prev != "" {
-		oldest := time.Unix(0, window[0].at)
-		if window[0].at == 0 {
-			oldest = time.Now() // no time kept: unsure for a whole age from now
+	switch {
+	case len(window) == 0 && last != "":
+		w.lostAt = time.Now()
+	case len(window) > 0 && window[0].prev != "":
+		oldest := time.Now()
+		if window[0].at != 0 {
+			oldest = time.Unix(0, window[0].at)
 		}
 		if oldest.After(w.lostAt) {
 			w.lostAt = oldest

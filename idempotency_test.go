@@ -348,7 +348,6 @@ func TestDiskKeysSurviveRestart(t *testing.T) {
 	dm.Close()
 
 	dm = open()
-	defer dm.Close()
 	inc, _ = dm.Function("doc", "increment")
 	if _, err := dm.ApplyKeyed(ctx, "doc", inc, json.RawMessage(`{"by":1}`), "k-1", true); !errors.Is(err, ErrOutcomeUnknown) {
 		t.Fatalf("a retry of a key the window lost: %v, want ErrOutcomeUnknown", err)
@@ -358,5 +357,24 @@ func TestDiskKeysSurviveRestart(t *testing.T) {
 	}
 	if _, err := dm.ApplyKeyed(ctx, "doc", inc, json.RawMessage(`{"by":1}`), "k-fresh", false); err != nil {
 		t.Fatalf("a first send is applied whatever the window: %v", err)
+	}
+	dm.Close()
+
+	// With no replay window at all nothing of the keys is kept: after a
+	// restart every retry of an unknown key is unsure.
+	none, err := OpenDiskManager(dir, &DiskManagerOptions{ReplayWindow: -1, Logger: quietLogger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	none.AddFunction("doc", inc)
+	none.Close()
+	none, err = OpenDiskManager(dir, &DiskManagerOptions{ReplayWindow: -1, Logger: quietLogger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer none.Close()
+	none.AddFunction("doc", inc)
+	if _, err := none.ApplyKeyed(ctx, "doc", inc, json.RawMessage(`{"by":1}`), "k-1", true); !errors.Is(err, ErrOutcomeUnknown) {
+		t.Fatalf("no window: a retry of a key applied before the restart: %v, want ErrOutcomeUnknown", err)
 	}
 }

@@ -304,11 +304,7 @@ func (m *MemoryManager) Snapshot(ctx context.Context, shareDataID string) (Snaps
 // on one item are applied one at a time, in a single order that every
 // listener sees.
 func (m *MemoryManager) Apply(ctx context.Context, shareDataID string, fn Function, proposed json.RawMessage) (*Transaction, error) {
-	proposed, err := checkProposal(fn, proposed)
-	if err != nil {
-		return nil, err
-	}
-	it, err := m.lockLive(shareDataID)
+	it, proposed, err := m.lockProposal(shareDataID, fn, proposed)
 	if err != nil {
 		return nil, err
 	}
@@ -316,14 +312,21 @@ func (m *MemoryManager) Apply(ctx context.Context, shareDataID string, fn Functi
 	return m.applyLocked(ctx, it, shareDataID, fn, proposed, "")
 }
 
+// lockProposal checks a proposal and returns its item locked, with the
+// proposal compacted.
+func (m *MemoryManager) lockProposal(shareDataID string, fn Function, proposed json.RawMessage) (*memItem, json.RawMessage, error) {
+	proposed, err := checkProposal(fn, proposed)
+	if err != nil {
+		return nil, nil, err
+	}
+	it, err := m.lockLive(shareDataID)
+	return it, proposed, err
+}
+
 // ApplyKeyed implements KeyedApplier: the item's key window is checked
 // and updated under the same lock as the apply.
 func (m *MemoryManager) ApplyKeyed(ctx context.Context, shareDataID string, fn Function, proposed json.RawMessage, key string, retry bool) (*Transaction, error) {
-	proposed, err := checkProposal(fn, proposed)
-	if err != nil {
-		return nil, err
-	}
-	it, err := m.lockLive(shareDataID)
+	it, proposed, err := m.lockProposal(shareDataID, fn, proposed)
 	if err != nil {
 		return nil, err
 	}

@@ -339,6 +339,24 @@ func (m *Manager) Snapshot(ctx context.Context, shareDataID string) (realtime.Sn
 // conflict rule). The event reaches the listeners of every instance,
 // this one included, from the channel, shortly after Apply returns.
 func (m *Manager) Apply(ctx context.Context, shareDataID string, fn realtime.Function, proposed json.RawMessage) (*realtime.Transaction, error) {
+	return m.apply(ctx, shareDataID, fn, proposed, "", false)
+}
+
+// ApplyKeyed implements realtime.KeyedApplier: the key's outcome is
+// looked up before the function runs (one round trip more than Apply),
+// and recorded by the same script that commits the transaction, which
+// also refuses to commit when another instance recorded the key
+// meanwhile: two instances applying one key commit it once. Refusals by
+// the function are recorded too (one more round trip), so a retry through
+// another instance gets the same one. The window lives in Redis, with the
+// item: it survives an instance's restart, and Redis's persistence decides
+// the rest, as for the transactions.
+func (m *Manager) ApplyKeyed(ctx context.Context, shareDataID string, fn realtime.Function, proposed json.RawMessage, key string, retry bool) (*realtime.Transaction, error) {
+	return m.apply(ctx, shareDataID, fn, proposed, key, retry)
+}
+
+// apply is Apply, or ApplyKeyed when key is set.
+func (m *Manager) apply(ctx context.Context, shareDataID string, fn realtime.Function, proposed json.RawMessage, key string, retry bool) (*realtime.Transaction, error) {
 	if fn.Apply == nil {
 		return nil, errors.New("redisrt: function has no Apply")
 	}
@@ -357,68 +375,11 @@ func (m *Manager) Apply(ctx context.Context, shareDataID string, fn realtime.Fun
 	}
 	defer func() { <-turn }()
 	keys := []string{m.itemKey(shareDataID), m.replayKey(shareDataID)}
-	for attempt := 0; ; attempt++ {
-		snap, err := m.Snapshot(ctx, shareDataID)
-		if err != nil {
-			return nil, err
-		}
-		next, err := fn.Apply(ctx, snap.State, proposed)
-		if err != nil {
-			return nil, err
-		}
-		if next, err = compactJSON(next); err != nil {
-			return nil, fmt.Errorf("redisrt: function %q returned invalid JSON: %w", fn.ID, err)
-		}
-		tx := &realtime.Transaction{ShareDataID: shareDataID, ID: m.idPrefix + strconv.FormatUint(m.seq.Add(1), 36),
-			PreviousID: snap.LastTransactionID, FunctionID: fn.ID, ProposedData: proposed, State: next}
-		msg := (&realtime.TransactionMessage{ShareDataID: shareDataID, TransactionID: tx.ID, PreviousTransactionID: tx.PreviousID,
-			FunctionID: tx.FunctionID, ProposedData: tx.ProposedData, Replayed: true}).AppendJSON(nil)
-		rec, _ := json.Marshal(record{ID: tx.ID, Prev: tx.PreviousID, Msg: string(msg)})
-		ev, _ := json.Marshal(wireOf(realtime.Event{Kind: realtime.EventTransaction, ShareDataID: shareDataID, Version: snap.Version + 1, Transaction: tx}))
-		n, err := applyScript.Run(ctx, m.rdb, keys, strconv.FormatUint(snap.Version, 10), string(next), tx.ID, rec,
-			m.opts.ReplayBufferSize, m.channel(), ev).Int()
-		if err != nil {
-			return nil, err
-		}
-		switch n {
-		case 1:
-			return tx, nil
-		case -1:
-			return nil, unknown(shareDataID)
-		}
-		m.conflicts.Add(1)
-		if attempt >= m.opts.MaxConflictRetries {
-			return nil, fmt.Errorf("%w: %q changed %d times; propose again", ErrConflict, shareDataID, attempt+1)
-		}
-	}
-}
-
-// ApplyKeyed implements realtime.KeyedApplier: the key's outcome is
-// looked up before the function runs (one round trip more than Apply),
-// and recorded by the same script that commits the transaction, which
-// also refuses to commit when another instance recorded the key
-// meanwhile: two instances applying one key commit it once. Refusals by
-// the function are recorded too (one more round trip), so a retry through
-// another instance gets the same one. The window lives in Redis, with the
-// item: it survives an instance's restart, and Redis's persistence decides
-// the rest, as for the transactions.
-func (m *Manager) ApplyKeyed(ctx context.Context, shareDataID string, fn realtime.Function, proposed json.RawMessage, key string, retry bool) (*realtime.Transaction, error) {
-	if fn.Apply == nil {
-		return nil, errors.New("redisrt: function has no Apply")
-	}
-	proposed, err := compactJSON(proposed)
-	if err != nil {
-		return nil, fmt.Errorf("redisrt: proposed data is not valid JSON: %w", err)
-	}
-	turn := m.turn(shareDataID)
-	select {
-	case turn <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	defer func() { <-turn }()
 	windowKeys := []string{m.itemKey(shareDataID), m.keysKey(shareDataID), m.keyTimesKey(shareDataID)}
 	age := strconv.FormatInt(realtime.KeyWindowAge.Milliseconds(), 10)
+	if key != "" {
+		keys = append(keys, m.keysKey(shareDataID), m.keyTimesKey(shareDataID))
+	}
 	// remembered answers with a recorded outcome.
 	remembered := func(outcome string) (*realtime.Transaction, error) {
 		if id, ok := strings.CutPrefix(outcome, "t"); ok {
@@ -426,22 +387,23 @@ func (m *Manager) ApplyKeyed(ctx context.Context, shareDataID string, fn realtim
 		}
 		return nil, errors.New(strings.TrimPrefix(outcome, "r"))
 	}
-	keys := []string{m.itemKey(shareDataID), m.replayKey(shareDataID), m.keysKey(shareDataID), m.keyTimesKey(shareDataID)}
 	for attempt := 0; ; attempt++ {
-		got, err := lookupScript.Run(ctx, m.rdb, windowKeys, key, age).Result()
-		switch {
-		case errors.Is(err, redis.Nil):
-		case err != nil:
-			return nil, err
-		case got == int64(-1):
-			return nil, unknown(shareDataID)
-		case got == "unsure":
-			if retry {
-				return nil, realtime.ErrOutcomeUnknown
-			}
-		default:
-			if s, ok := got.(string); ok {
-				return remembered(s)
+		if key != "" {
+			got, err := lookupScript.Run(ctx, m.rdb, windowKeys, key, age).Result()
+			switch {
+			case errors.Is(err, redis.Nil):
+			case err != nil:
+				return nil, err
+			case got == int64(-1):
+				return nil, unknown(shareDataID)
+			case got == "unsure":
+				if retry {
+					return nil, realtime.ErrOutcomeUnknown
+				}
+			default:
+				if s, ok := got.(string); ok {
+					return remembered(s)
+				}
 			}
 		}
 		snap, err := m.Snapshot(ctx, shareDataID)
@@ -450,8 +412,8 @@ func (m *Manager) ApplyKeyed(ctx context.Context, shareDataID string, fn realtim
 		}
 		next, err := fn.Apply(ctx, snap.State, proposed)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil, err // cut short: not an outcome to remember
+			if key == "" || ctx.Err() != nil {
+				return nil, err // no key, or cut short: no outcome to remember
 			}
 			out, rerr := refuseScript.Run(ctx, m.rdb, windowKeys, key, "r"+err.Error(), realtime.KeyWindowSize, age).Text()
 			if rerr != nil && !errors.Is(rerr, redis.Nil) {
@@ -471,8 +433,12 @@ func (m *Manager) ApplyKeyed(ctx context.Context, shareDataID string, fn realtim
 			FunctionID: tx.FunctionID, ProposedData: tx.ProposedData, Replayed: true, IdempotencyKey: key}).AppendJSON(nil)
 		rec, _ := json.Marshal(record{ID: tx.ID, Prev: tx.PreviousID, Msg: string(msg)})
 		ev, _ := json.Marshal(wireOf(realtime.Event{Kind: realtime.EventTransaction, ShareDataID: shareDataID, Version: snap.Version + 1, Transaction: tx}))
-		n, err := keyedApplyScript.Run(ctx, m.rdb, keys, strconv.FormatUint(snap.Version, 10), string(next), tx.ID, rec,
-			m.opts.ReplayBufferSize, m.channel(), ev, key, realtime.KeyWindowSize, age).Int()
+		args := []any{strconv.FormatUint(snap.Version, 10), string(next), tx.ID, rec, m.opts.ReplayBufferSize, m.channel(), ev}
+		script := applyScript
+		if key != "" {
+			script, args = keyedApplyScript, append(args, key, realtime.KeyWindowSize, age)
+		}
+		n, err := script.Run(ctx, m.rdb, keys, args...).Int()
 		if err != nil {
 			return nil, err
 		}
@@ -482,7 +448,7 @@ func (m *Manager) ApplyKeyed(ctx context.Context, shareDataID string, fn realtim
 		case -1:
 			return nil, unknown(shareDataID)
 		case 2:
-			continue // recorded by another instance meanwhile: the lookup answers
+			continue // the key was recorded by another instance meanwhile: the lookup answers
 		}
 		m.conflicts.Add(1)
 		if attempt >= m.opts.MaxConflictRetries {
