@@ -59,7 +59,15 @@
 //     connection, with 4004 and a reason naming the field; limits bound
 //     message size, subscriptions and connections.
 //   - Liveness: the server pings every 30 s and closes connections that do
-//     not answer; Shutdown drains queues and closes every client with 1001.
+//     not answer; Shutdown drains queues and closes every client with 1001
+//     (spread over ShutdownSpread if set), and Ready turns false first.
+//   - Exactly-once proposals: every proposal of the Go and JavaScript
+//     clients carries an idempotency key; one in flight when the connection
+//     drops is sent again after the reconnect, and a manager that is a
+//     KeyedApplier (MemoryManager, DiskManager, redisrt.Manager) applies a
+//     key once and answers a repeat with the first outcome, so Propose
+//     returns the one true outcome (ErrOutcomeUnknown only once the key
+//     left the window).
 //   - Efficiency: a frame is encoded once per broadcast and the same bytes
 //     are queued for every subscriber; reading, writing and fanning out
 //     allocate nothing per message per subscriber once warm; an idle
@@ -123,4 +131,15 @@
 // after the end are a *CloseError that says who closed and with what code.
 // Close codes, including the application codes 4001-4004, are the
 // CloseCode constants; CloseCodeOf reads one from an error.
+// EnableCompression (AcceptOptions, DialOptions) negotiates
+// permessage-deflate without context takeover, so a server compresses a
+// broadcast once for every subscriber; it is off by default.
+//
+// # Operating
+//
+// ServerOptions.Observer reports connections, subscribes, proposals and
+// writes as they happen, at no cost when unset; the module
+// github.com/degenerate/realtime/promrt turns it into Prometheus metrics.
+// Server.Disconnect and CountConnections act on connections by their
+// authentication value.
 package realtime
