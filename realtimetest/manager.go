@@ -46,7 +46,10 @@ const eventWait = 10 * time.Second
 // ahead of events still on their way); a transaction's PreviousID is the
 // id of the one before it and ids are unique, also across reopens; a
 // refused proposal changes nothing and emits nothing; unknown and removed
-// ids fail with an error matching realtime.ErrUnknownShareData.
+// ids fail with an error matching realtime.ErrUnknownShareData. A manager
+// that is a realtime.KeyedApplier must also apply a key at most once,
+// answer a repeat with the first outcome (also after a reopen), and carry
+// the key on the transaction and its event.
 func TestManager(t *testing.T, open func(t *testing.T) Manager, reopen func(t *testing.T, m Manager) Manager) {
 	t.Run("UnknownIDs", func(t *testing.T) { testUnknown(t, open(t)) })
 	t.Run("CreateAndSnapshot", func(t *testing.T) { testCreate(t, open(t)) })
@@ -57,6 +60,14 @@ func TestManager(t *testing.T, open func(t *testing.T) Manager, reopen func(t *t
 	t.Run("ListenCancel", func(t *testing.T) { testCancel(t, open(t)) })
 	if reopen != nil {
 		t.Run("Reopen", func(t *testing.T) { testReopen(t, open(t), reopen) })
+	}
+	// Managers that apply keyed proposals at most once
+	// (realtime.KeyedApplier) are held to that contract too.
+	if _, ok := open(t).(keyed); ok {
+		t.Run("KeyedApply", func(t *testing.T) { testKeyed(t, open(t).(keyed)) })
+		if reopen != nil {
+			t.Run("KeyedReopen", func(t *testing.T) { testKeyedReopen(t, open(t).(keyed), reopen) })
+		}
 	}
 }
 
