@@ -56,11 +56,16 @@ func (c *Conn) ReadInto(ctx context.Context, buf []byte) (MessageType, []byte, e
 
 // readMessage reads frames until a data message is complete. The caller
 // holds readMu.
+//
+// A compressed message (its first frame has RSV1) takes the same path:
+// its payloads are gathered in a pooled buffer instead of buf, bounded by
+// the read limit like any message, and inflated into buf at the end.
 func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 	var typ MessageType
 	inMessage := false
-	compressed := false // the message's first frame had RSV1
-	frames := 0         // data frames of the message so far
+	var zp *[]byte // a compressed message's pooled buffer (nil: not compressed)
+	var z []byte   // its payloads so far
+	frames := 0    // data frames of the message so far
 	for {
 		h, err := c.readHeader()
 		if err != nil {
@@ -78,31 +83,46 @@ func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 		if !inMessage {
 			inMessage = true
 			typ = MessageType(h.op)
-			compressed = h.rsv != 0 // checkHeader allowed only RSV1
 			frames = 0
 			c.utf8.reset()
+			if h.rsv != 0 { // checkHeader allowed only RSV1, on a first frame
+				zp = getWriteBuf(int(min(h.length, writeFragmentSize)))
+				z = (*zp)[:0]
+			}
 		}
 		frames++
 		if max := c.opts.MaxFragments; max > 0 && frames > max {
 			return 0, buf, c.fail(&CloseError{Code: CloseMessageTooBig,
 				Reason: "message arrives in more than " + strconv.Itoa(max) + " fragments"})
 		}
-		// len(buf) never exceeds the limit, so lim-len(buf) cannot
+		// The bytes gathered never exceed the limit, so lim-n cannot
 		// overflow, whatever length the header announces (up to 2^63-1).
-		if lim := c.opts.ReadLimit; lim > 0 && h.length > lim-int64(len(buf)) {
+		n := len(buf)
+		if zp != nil {
+			n = len(z)
+		}
+		if lim := c.opts.ReadLimit; lim > 0 && h.length > lim-int64(n) {
 			return 0, buf, c.fail(&CloseError{Code: CloseMessageTooBig,
 				Reason: "message exceeds the read limit of " + strconv.FormatInt(lim, 10) + " bytes"})
 		}
-		if compressed {
-			// The compressed bytes are gathered, bounded by the read
-			// limit like a message, and inflated at the end.
-			return c.readCompressed(buf, typ, h)
+		// (On an error a pooled buffer is left to the collector: the
+		// connection has failed.)
+		if zp != nil {
+			z, err = c.readPayload(z, &h, false)
+		} else {
+			buf, err = c.readPayload(buf, &h, typ == MessageText)
 		}
-		buf, err = c.readPayload(buf, &h, typ == MessageText)
 		if err != nil {
 			return 0, buf, err
 		}
 		if h.fin {
+			if zp != nil {
+				buf, err = c.inflateMessage(buf, z, typ)
+				putWriteBuf(zp, z)
+				if err != nil {
+					return 0, buf, err
+				}
+			}
 			if typ == MessageText && !c.utf8.complete() {
 				return 0, buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "text message ends inside a UTF-8 sequence"})
 			}
@@ -111,69 +131,23 @@ func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 	}
 }
 
-// readCompressed reads the rest of a compressed message whose first
-// frame's header is h (RSV1 set), then inflates it and appends the result
-// to buf. The compressed bytes, gathered in a pooled buffer, and the
-// inflated ones are each bounded by the read limit, checked as they
-// arrive and as they inflate: a small frame that would inflate past the
-// limit fails the connection with 1009 without allocating past it.
-func (c *Conn) readCompressed(buf []byte, typ MessageType, h header) (MessageType, []byte, error) {
-	zp := getWriteBuf(int(min(h.length, writeFragmentSize)))
-	z, err := c.readCompressedFrames((*zp)[:0], h)
-	defer putWriteBuf(zp, z)
-	if err != nil {
-		return 0, buf, err
-	}
-	buf, err = inflate(buf, z, c.opts.ReadLimit)
+// inflateMessage appends the inflation of a compressed message's payload
+// z to buf, checking it against the read limit as it inflates (a small
+// frame that would inflate past it fails the connection with 1009 without
+// allocating past it) and, for text, validating its UTF-8.
+func (c *Conn) inflateMessage(buf, z []byte, typ MessageType) ([]byte, error) {
+	buf, err := inflate(buf, z, c.opts.ReadLimit)
 	switch {
 	case errors.Is(err, errInflatedTooBig):
-		return 0, buf, c.fail(&CloseError{Code: CloseMessageTooBig,
+		return buf, c.fail(&CloseError{Code: CloseMessageTooBig,
 			Reason: "message inflates past the read limit of " + strconv.FormatInt(c.opts.ReadLimit, 10) + " bytes"})
 	case err != nil:
-		return 0, buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "invalid compressed data: " + err.Error()})
+		return buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "invalid compressed data: " + err.Error()})
 	}
-	if typ == MessageText && (!c.utf8.write(buf) || !c.utf8.complete()) {
-		return 0, buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "invalid UTF-8 in text message"})
+	if typ == MessageText && !c.utf8.write(buf) {
+		return buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "invalid UTF-8 in text message"})
 	}
-	return typ, buf, nil
-}
-
-// readCompressedFrames appends the payloads of a compressed message's
-// frames, the first of which has header h, to z.
-func (c *Conn) readCompressedFrames(z []byte, h header) ([]byte, error) {
-	frames := 1
-	for {
-		if lim := c.opts.ReadLimit; lim > 0 && h.length > lim-int64(len(z)) { // len(z) <= lim: cannot overflow
-			return z, c.fail(&CloseError{Code: CloseMessageTooBig,
-				Reason: "compressed message exceeds the read limit of " + strconv.FormatInt(lim, 10) + " bytes"})
-		}
-		var err error
-		if z, err = c.readPayload(z, &h, false); err != nil {
-			return z, err
-		}
-		if h.fin {
-			return z, nil
-		}
-		for {
-			if h, err = c.readHeader(); err != nil {
-				return z, err
-			}
-			if ce := c.checkHeader(&h, true); ce != nil {
-				return z, c.fail(ce)
-			}
-			if !h.op.isControl() {
-				break
-			}
-			if err := c.readControl(&h); err != nil {
-				return z, err
-			}
-		}
-		frames++
-		if max := c.opts.MaxFragments; max > 0 && frames > max {
-			return z, c.fail(&CloseError{Code: CloseMessageTooBig,
-				Reason: "message arrives in more than " + strconv.Itoa(max) + " fragments"})
-		}
-	}
+	return buf, nil
 }
 
 // readHeader reads the next frame header. The idle timeout starts over
