@@ -153,11 +153,58 @@ func windowBits(v string) (int, bool) {
 	return n, err == nil && n >= 8 && n <= 15
 }
 
+// deflateParams are the parameters of one permessage-deflate offer or
+// answer (RFC 7692 section 7). serverBits 0 means the parameter is absent;
+// clientBitsAsked records client_max_window_bits, with or without a value.
+type deflateParams struct {
+	serverNoContext, clientNoContext bool
+	serverBits                       int
+	clientBitsAsked                  bool
+}
+
+// parseDeflateParams reads the parameters, refusing an unknown or
+// repeated one and an invalid value (section 5: such an offer is declined,
+// such an answer fails the handshake).
+func parseDeflateParams(params []extParam) (deflateParams, error) {
+	var d deflateParams
+	seen := map[string]bool{}
+	for _, p := range params {
+		name := strings.ToLower(p.name)
+		if seen[name] {
+			return d, errors.New("permessage-deflate parameter " + name + " repeated")
+		}
+		seen[name] = true
+		switch name {
+		case "server_no_context_takeover", "client_no_context_takeover":
+			if p.hasValue {
+				return d, errors.New("permessage-deflate parameter " + name + " has a value")
+			}
+			d.serverNoContext = d.serverNoContext || name == "server_no_context_takeover"
+			d.clientNoContext = d.clientNoContext || name == "client_no_context_takeover"
+		case "server_max_window_bits":
+			n, ok := windowBits(p.value)
+			if !ok {
+				return d, errors.New("invalid server_max_window_bits " + strconv.Quote(p.value))
+			}
+			d.serverBits = n
+		case "client_max_window_bits":
+			d.clientBitsAsked = true
+			if _, ok := windowBits(p.value); p.hasValue && !ok {
+				return d, errors.New("invalid client_max_window_bits " + strconv.Quote(p.value))
+			}
+		default:
+			return d, errors.New("unknown permessage-deflate parameter " + strconv.Quote(name))
+		}
+	}
+	return d, nil
+}
+
 // acceptDeflate reports whether one of the client's offers of
 // permessage-deflate can be accepted (the answer is then deflateAnswer).
 // An offer is declined when a parameter is unknown, repeated or has an
 // invalid value (RFC 7692 section 5), and when it asks for a server window
-// below 15 bits: compress/flate always uses 32 KiB.
+// below 15 bits: compress/flate always uses 32 KiB. The client can limit
+// its own window if asked (client_max_window_bits); we do not ask.
 func acceptDeflate(values []string) bool {
 	exts, err := parseExtensions(values)
 	if err != nil {
@@ -167,46 +214,18 @@ func acceptDeflate(values []string) bool {
 		if !strings.EqualFold(e.name, "permessage-deflate") {
 			continue
 		}
-		if deflateOfferOK(e.params) {
+		if d, err := parseDeflateParams(e.params); err == nil && (d.serverBits == 0 || d.serverBits == 15) {
 			return true
 		}
 	}
 	return false
 }
 
-func deflateOfferOK(params []extParam) bool {
-	seen := map[string]bool{}
-	for _, p := range params {
-		name := strings.ToLower(p.name)
-		if seen[name] {
-			return false
-		}
-		seen[name] = true
-		switch name {
-		case "server_no_context_takeover", "client_no_context_takeover":
-			if p.hasValue {
-				return false
-			}
-		case "server_max_window_bits":
-			if n, ok := windowBits(p.value); !ok || n != 15 {
-				return false
-			}
-		case "client_max_window_bits":
-			// The client can limit its window if asked; we do not ask.
-			if p.hasValue {
-				if _, ok := windowBits(p.value); !ok {
-					return false
-				}
-			}
-		default:
-			return false
-		}
-	}
-	return true
-}
-
 // checkDeflateAnswer checks a server's Sec-WebSocket-Extensions answer to
-// deflateOffer and reports whether permessage-deflate was accepted.
+// deflateOffer and reports whether permessage-deflate was accepted. A
+// smaller server window is fine for inflating; client_max_window_bits was
+// not offered, so it is not allowed (RFC 7692 section 7.1.2.2), and
+// compress/flate could not honour it anyway.
 func checkDeflateAnswer(values []string) (bool, error) {
 	exts, err := parseExtensions(values)
 	if err != nil {
@@ -218,33 +237,13 @@ func checkDeflateAnswer(values []string) (bool, error) {
 	if len(exts) > 1 || !strings.EqualFold(exts[0].name, "permessage-deflate") {
 		return false, errors.New("server selected extensions " + strconv.Quote(strings.Join(values, ", ")) + "; only permessage-deflate was offered")
 	}
-	seen := map[string]bool{}
-	for _, p := range exts[0].params {
-		name := strings.ToLower(p.name)
-		if seen[name] {
-			return false, errors.New("permessage-deflate parameter " + name + " repeated")
-		}
-		seen[name] = true
-		switch name {
-		case "server_no_context_takeover", "client_no_context_takeover":
-			if p.hasValue {
-				return false, errors.New("permessage-deflate parameter " + name + " has a value")
-			}
-		case "server_max_window_bits":
-			// The server compresses with a smaller window: any is fine
-			// for inflating.
-			if _, ok := windowBits(p.value); !ok {
-				return false, errors.New("invalid server_max_window_bits " + strconv.Quote(p.value))
-			}
-		case "client_max_window_bits":
-			// Not offered, so not allowed (RFC 7692 section 7.1.2.2);
-			// and compress/flate could not honour a smaller window.
-			return false, errors.New("server set client_max_window_bits, which was not offered")
-		default:
-			return false, errors.New("unknown permessage-deflate parameter " + strconv.Quote(name))
-		}
-	}
-	if !seen["server_no_context_takeover"] {
+	d, err := parseDeflateParams(exts[0].params)
+	switch {
+	case err != nil:
+		return false, err
+	case d.clientBitsAsked:
+		return false, errors.New("server set client_max_window_bits, which was not offered")
+	case !d.serverNoContext:
 		// Offered, so a server accepting the offer must include it.
 		return false, errors.New("server accepted permessage-deflate without server_no_context_takeover")
 	}
