@@ -139,32 +139,18 @@ return 1
 
 // applyScript commits a transaction computed on version ARGV[1]: state,
 // version, last id, window and event, or nothing when the version moved.
+// For a keyed proposal ARGV[8] is the key and ARGV[9] and ARGV[10] the key
+// window's size and age (ms); KEYS[3] is a hash of each remembered key's
+// outcome ("t" and the transaction id, or "r" and the refusal), KEYS[4] a
+// sorted set of the keys by the time (Redis's clock, ms) they were
+// recorded. It returns 1 when committed, 0 when the version moved, -1 when
+// the item is gone, and 2 when the key was recorded meanwhile (by another
+// instance): the caller answers with that outcome.
 var applyScript = redis.NewScript(`
 local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return -1 end
-if v ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 's', ARGV[2], 'v', tonumber(ARGV[1]) + 1, 'l', ARGV[3])
-local n = tonumber(ARGV[5])
-if n > 0 then
-  redis.call('RPUSH', KEYS[2], ARGV[4])
-  redis.call('LTRIM', KEYS[2], -n, -1)
-end
-redis.call('PUBLISH', ARGV[6], ARGV[7])
-return 1
-`)
-
-// keyedApplyScript is applyScript for a keyed proposal, with two more
-// keys: KEYS[3], a hash of each remembered key's outcome ("t" and the
-// transaction id, or "r" and the refusal), and KEYS[4], a sorted set of
-// the keys by the time (Redis's clock, ms) they were recorded. ARGV[8] is
-// the key, ARGV[9] and ARGV[10] the window's size and age (ms). It returns
-// 1 when committed, 0 when the version moved, -1 when the item is gone,
-// and 2 when the key was recorded meanwhile (by another instance): the
-// caller answers with that outcome.
-var keyedApplyScript = redis.NewScript(`
-local v = redis.call('HGET', KEYS[1], 'v')
-if not v then return -1 end
-if redis.call('HEXISTS', KEYS[3], ARGV[8]) == 1 then return 2 end
+local key = ARGV[8]
+if key ~= '' and redis.call('HEXISTS', KEYS[3], key) == 1 then return 2 end
 if v ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 's', ARGV[2], 'v', tonumber(ARGV[1]) + 1, 'l', ARGV[3])
 local n = tonumber(ARGV[5])
@@ -173,7 +159,9 @@ if n > 0 then
   redis.call('LTRIM', KEYS[2], -n, -1)
 end
 ` + rememberLua + `
-remember(KEYS[1], KEYS[3], KEYS[4], ARGV[8], 't' .. ARGV[3], tonumber(ARGV[9]), tonumber(ARGV[10]))
+if key ~= '' then
+  remember(KEYS[1], KEYS[3], KEYS[4], key, 't' .. ARGV[3], tonumber(ARGV[9]), tonumber(ARGV[10]))
+end
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 `)
@@ -374,12 +362,9 @@ func (m *Manager) apply(ctx context.Context, shareDataID string, fn realtime.Fun
 		return nil, ctx.Err()
 	}
 	defer func() { <-turn }()
-	keys := []string{m.itemKey(shareDataID), m.replayKey(shareDataID)}
-	windowKeys := []string{m.itemKey(shareDataID), m.keysKey(shareDataID), m.keyTimesKey(shareDataID)}
+	keys := []string{m.itemKey(shareDataID), m.replayKey(shareDataID), m.keysKey(shareDataID), m.keyTimesKey(shareDataID)}
+	windowKeys := []string{keys[0], keys[2], keys[3]}
 	age := strconv.FormatInt(realtime.KeyWindowAge.Milliseconds(), 10)
-	if key != "" {
-		keys = append(keys, m.keysKey(shareDataID), m.keyTimesKey(shareDataID))
-	}
 	// remembered answers with a recorded outcome.
 	remembered := func(outcome string) (*realtime.Transaction, error) {
 		if id, ok := strings.CutPrefix(outcome, "t"); ok {
@@ -433,12 +418,8 @@ func (m *Manager) apply(ctx context.Context, shareDataID string, fn realtime.Fun
 			FunctionID: tx.FunctionID, ProposedData: tx.ProposedData, Replayed: true, IdempotencyKey: key}).AppendJSON(nil)
 		rec, _ := json.Marshal(record{ID: tx.ID, Prev: tx.PreviousID, Msg: string(msg)})
 		ev, _ := json.Marshal(wireOf(realtime.Event{Kind: realtime.EventTransaction, ShareDataID: shareDataID, Version: snap.Version + 1, Transaction: tx}))
-		args := []any{strconv.FormatUint(snap.Version, 10), string(next), tx.ID, rec, m.opts.ReplayBufferSize, m.channel(), ev}
-		script := applyScript
-		if key != "" {
-			script, args = keyedApplyScript, append(args, key, realtime.KeyWindowSize, age)
-		}
-		n, err := script.Run(ctx, m.rdb, keys, args...).Int()
+		n, err := applyScript.Run(ctx, m.rdb, keys, strconv.FormatUint(snap.Version, 10), string(next), tx.ID, rec,
+			m.opts.ReplayBufferSize, m.channel(), ev, key, realtime.KeyWindowSize, age).Int()
 		if err != nil {
 			return nil, err
 		}
