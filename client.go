@@ -239,23 +239,13 @@ type Client struct {
 
 type request struct {
 	cid    string
-	msg    []byte
+	msg    []byte             // what is sent; under the client's mu once queued or sent
 	result chan ServerMessage // proposal-result or pong; buffered 1
 	failed chan error         // buffered 1
-	// retryMsg, for a keyed proposal, is msg marked as a retry: what is
-	// sent once a connection was lost with it in flight (resent, under
-	// the client's mu).
-	retryMsg []byte
-	resent   bool
-	born     time.Time // when the request was made
-}
-
-// wire returns the bytes to send for r; the caller holds the client's mu.
-func (r *request) wire() []byte {
-	if r.resent {
-		return r.retryMsg
-	}
-	return r.msg
+	// propose is a keyed proposal's message: once a connection was lost
+	// with it in flight, msg becomes it marked as a retry.
+	propose *ProposeMessage
+	born    time.Time // when the request was made
 }
 
 // requestContext bounds ctx by RequestTimeout, unless it is negative (no
@@ -587,8 +577,9 @@ func (c *Client) serve(conn *Conn) *CloseError {
 	// key forgotten: the outcome is unknown.
 	var again []*request
 	for cid, r := range lost {
-		if r.retryMsg != nil && time.Since(r.born) < KeyWindowAge/2 {
-			r.resent = true
+		if r.propose != nil && time.Since(r.born) < KeyWindowAge/2 {
+			r.propose.Retry = true
+			r.msg = r.propose.AppendJSON(nil)
 			again = append(again, r)
 			delete(lost, cid)
 		}
@@ -597,7 +588,7 @@ func (c *Client) serve(conn *Conn) *CloseError {
 	c.queue = append(again, c.queue...)
 	c.mu.Unlock()
 	for _, r := range lost {
-		if r.retryMsg != nil {
+		if r.propose != nil {
 			r.failed <- ErrOutcomeUnknown
 		} else {
 			r.failed <- ErrConnectionLost
@@ -626,7 +617,7 @@ func (c *Client) flush(conn *Conn) {
 		msgs := make([][]byte, len(q))
 		for i, r := range q {
 			c.pending[r.cid] = r
-			msgs[i] = r.wire()
+			msgs[i] = r.msg
 		}
 		c.mu.Unlock()
 		for _, msg := range msgs {
@@ -698,7 +689,7 @@ func (c *Client) send(r *request) error {
 	if c.ready && c.conn != nil {
 		conn := c.conn
 		c.pending[r.cid] = r
-		msg := r.wire()
+		msg := r.msg
 		c.mu.Unlock()
 		c.write(conn, msg)
 		return nil
@@ -780,8 +771,7 @@ func (c *Client) Propose(ctx context.Context, shareDataID, functionID string, pr
 		pm = &ProposeMessage{ShareDataID: shareDataID, FunctionID: functionID, ProposedData: data, CorrelationID: cid, IdempotencyKey: key}
 		return pm
 	})
-	pm.Retry = true
-	r.retryMsg = pm.AppendJSON(nil)
+	r.propose = pm
 	m, err := c.roundTrip(ctx, r)
 	if err != nil {
 		return "", err
