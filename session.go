@@ -458,7 +458,11 @@ func (s *session) propose(m *ProposeMessage) {
 	}
 	reject := func(outcome ProposalOutcome, reason string) {
 		srv.stats.proposalsRejected.Add(1)
-		s.send(&ProposalResultMessage{CorrelationID: m.CorrelationID, Error: reason})
+		res := &ProposalResultMessage{CorrelationID: m.CorrelationID, Error: reason}
+		if outcome == ProposalOutcomeUnknown {
+			res.Code = CodeOutcomeUnknown
+		}
+		s.send(res)
 		srv.proposed(m.FunctionID, outcome, start)
 	}
 	if az := srv.opts.AuthorizePropose; az != nil {
@@ -477,13 +481,11 @@ func (s *session) propose(m *ProposeMessage) {
 		return
 	}
 	tx, err := srv.apply(s.ctx, m, fn)
-	if errors.Is(err, ErrOutcomeUnknown) {
-		srv.stats.proposalsRejected.Add(1)
-		s.send(&ProposalResultMessage{CorrelationID: m.CorrelationID, Error: peerText(err), Code: CodeOutcomeUnknown})
-		srv.proposed(m.FunctionID, ProposalOutcomeUnknown, start)
+	switch {
+	case errors.Is(err, ErrOutcomeUnknown):
+		reject(ProposalOutcomeUnknown, peerText(err))
 		return
-	}
-	if err != nil {
+	case err != nil:
 		reject(ProposalRejected, peerText(err))
 		return
 	}
