@@ -168,7 +168,12 @@ func checkFuzzDecodeErr(t *testing.T, err error) {
 	if !errors.As(err, &de) || !errors.Is(err, ErrInvalidMessage) {
 		t.Fatalf("error %v is not a DecodeError", err)
 	}
-	if s := err.Error(); len(s) > maxCloseReason || !utf8.ValidString(s) {
-		t.Fatalf("error %q is longer than a close reason or not UTF-8", s)
+	// What goes on the wire is the close reason of the 4004, not the Go
+	// error's text (which carries the package's prefix).
+	if s := closeReasonOf(err); len(s) > maxCloseReason || !utf8.ValidString(s) || strings.ContainsAny(s, "\r\n") {
+		t.Fatalf("close reason %q is longer than %d bytes, not UTF-8, or not one line", s, maxCloseReason)
+	}
+	if s := err.Error(); !strings.HasPrefix(s, "realtime: invalid message: ") || !utf8.ValidString(s) {
+		t.Fatalf("error %q lacks the package's prefix or is not UTF-8", s)
 	}
 }
