@@ -176,10 +176,28 @@ func IDFunctionResolver(l FunctionLookup) FunctionResolver {
 		}
 		fn, ok := l.Function(shareDataID, functionID)
 		if !ok || fn.ID == "" {
+			if err := unknownShareData(ctx, l, shareDataID); err != nil {
+				return Function{}, err
+			}
 			return Function{}, fmt.Errorf("%w %s", ErrUnknownFunction, quoteForError(functionID))
 		}
 		return fn, nil
 	}
+}
+
+// unknownShareData tells, when l is also a Manager, whether the function
+// was not found because the share data itself does not exist: then the
+// proposer is told so, rather than that its function is unknown. It is
+// asked only on that error path.
+func unknownShareData(ctx context.Context, l FunctionLookup, shareDataID string) error {
+	m, ok := l.(Manager)
+	if !ok {
+		return nil
+	}
+	if _, err := m.Snapshot(ctx, shareDataID); errors.Is(err, ErrUnknownShareData) {
+		return fmt.Errorf("%w %s", ErrUnknownShareData, quoteForError(shareDataID))
+	}
+	return nil
 }
 
 // MemoryManager keeps share data in memory. It is safe for concurrent use.

@@ -142,7 +142,9 @@ func (c *Conn) inflateMessage(buf, z []byte, typ MessageType) ([]byte, error) {
 		return buf, c.fail(&CloseError{Code: CloseMessageTooBig,
 			Reason: "message inflates past the read limit of " + strconv.FormatInt(c.opts.ReadLimit, 10) + " bytes"})
 	case err != nil:
-		return buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "invalid compressed data: " + err.Error()})
+		// flate's text (offsets into the stream) is of no use to the
+		// peer: the reason is fixed.
+		return buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "invalid compressed data"})
 	}
 	if typ == MessageText && !c.utf8.write(buf) {
 		return buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "invalid UTF-8 in text message"})

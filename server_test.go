@@ -265,14 +265,18 @@ func TestProposeRefusals(t *testing.T) {
 		opts ServerOptions
 		fn   string
 		want string
+		id   string // "doc" when empty
 	}{
-		{"propose disabled", ServerOptions{}, "set", "propose is not enabled"},
-		{"unknown function", ServerOptions{ResolveFunction: IDFunctionResolver(mgr)}, "nope", `unknown function "nope"`},
-		{"function without id", ServerOptions{ResolveFunction: IDFunctionResolver(mgr)}, "", "functionId: must not be empty"},
-		{"function error", ServerOptions{ResolveFunction: IDFunctionResolver(mgr)}, "fail", "the function refused"},
+		{"propose disabled", ServerOptions{}, "set", "propose is not enabled", ""},
+		{"unknown function", ServerOptions{ResolveFunction: IDFunctionResolver(mgr)}, "nope", `unknown function "nope"`, ""},
+		// A known function on an item that does not exist: the item is
+		// what is unknown.
+		{"unknown share data", ServerOptions{ResolveFunction: IDFunctionResolver(mgr)}, "set", `unknown share data "ghost"`, "ghost"},
+		{"function without id", ServerOptions{ResolveFunction: IDFunctionResolver(mgr)}, "", "functionId: must not be empty", ""},
+		{"function error", ServerOptions{ResolveFunction: IDFunctionResolver(mgr)}, "fail", "the function refused", ""},
 		{"authorizer", ServerOptions{ResolveFunction: IDFunctionResolver(mgr), AuthorizePropose: func(ctx context.Context, auth any, id, fn string) error {
 			return fmt.Errorf("%s may not be called", fn)
-		}}, "set", "set may not be called"},
+		}}, "set", "set may not be called", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -285,7 +289,11 @@ func TestProposeRefusals(t *testing.T) {
 				c.expectClosed(CloseInvalidMessage, tc.want)
 				return
 			}
-			c.propose("doc", tc.fn, `{"by":1}`, "c9")
+			id := tc.id
+			if id == "" {
+				id = "doc"
+			}
+			c.propose(id, tc.fn, `{"by":1}`, "c9")
 			res := nextAs[*ProposalResultMessage](c)
 			if res.Accepted || res.CorrelationID != "c9" || !strings.Contains(res.Error, tc.want) {
 				t.Fatalf("result %s, want a refusal containing %q", res.AppendJSON(nil), tc.want)
