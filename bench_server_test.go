@@ -384,6 +384,7 @@ func (m memUse) total() float64 { return m.heap + m.stack }
 func measureServer(b *testing.B, kind string, n int, subscribe bool) memUse {
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), idleServerEnv+"="+kind)
+	dieWithParent(cmd)
 	cmd.Stderr = os.Stderr
 	in, _ := cmd.StdinPipe()
 	outPipe, _ := cmd.StdoutPipe()

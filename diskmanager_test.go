@@ -113,6 +113,7 @@ func TestDiskManagerSurvivesSIGKILL(t *testing.T) {
 		killAfter := 1 + rng.IntN(600)
 		cmd := exec.Command(os.Args[0], "-test.run=^TestDiskManagerCrashChild$", "-test.count=1")
 		cmd.Env = append(os.Environ(), diskChildEnv+"="+dir)
+		dieWithParent(cmd)
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)

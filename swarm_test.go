@@ -50,6 +50,7 @@ func startSwarm(tb testing.TB, addr string, n int, subscribe, deflate bool) *swa
 	}
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), swarmEnv+"="+addr+" "+strconv.Itoa(n)+" "+flag(subscribe)+" "+flag(deflate))
+	dieWithParent(cmd)
 	cmd.Stderr = os.Stderr
 	in, _ := cmd.StdinPipe()
 	outPipe, _ := cmd.StdoutPipe()

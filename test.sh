@@ -40,6 +40,15 @@ fi
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
+
+# What the run must leave as it found it: the processes that tests start
+# (redis-server, a browser, Node, a demo binary, a re-executed test binary)
+# and the working tree (a stale go.work.sum, say, would be rewritten).
+children() {
+	ps -eo pid=,stat=,comm= | awk '$2 !~ /^Z/ && $3 ~ /^(redis-server|chromium|chrome|node|realtime-demo|jstestserver|.*\.test)$/ {print $1}' | sort
+}
+leftover_before=$(children)
+tree_before=$(git status --porcelain 2>/dev/null || true)
 summary=()
 total_pass=0
 total_fail=0
@@ -110,6 +119,23 @@ total_fail=$((total_fail + js_fail))
 # on its own.
 echo "=== allocation checks (no -race)"
 run "allocation checks" "$logs/allocs.log" go test -count=1 -v -run 'Allocs' . ./promrt
+
+echo "=== what the run left behind"
+leftover=$(comm -13 <(echo "$leftover_before") <(children) | grep . || true)
+if [ -n "$leftover" ]; then
+	echo "test.sh: these processes started by the tests are still running:"
+	ps -o pid,ppid,args -p "$(echo $leftover | tr ' ' ',')" || true
+	kill -9 $leftover 2>/dev/null || true
+	status=1
+	total_fail=$((total_fail + 1))
+fi
+tree_after=$(git status --porcelain 2>/dev/null || true)
+if [ "$tree_before" != "$tree_after" ]; then
+	echo "test.sh: the run changed the working tree:"
+	diff <(echo "$tree_before") <(echo "$tree_after") || true
+	status=1
+	total_fail=$((total_fail + 1))
+fi
 
 echo "=== summary"
 for line in "${summary[@]}"; do

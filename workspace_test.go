@@ -85,3 +85,24 @@ func TestWorkspaceReplacesReleasedVersions(t *testing.T) {
 		t.Error("no nested module requires a module of the workspace")
 	}
 }
+
+// TestLicense: the repository and the npm package both carry the MIT
+// license, as LICENSE files and in js/package.json.
+func TestLicense(t *testing.T) {
+	for _, p := range []string{"LICENSE", "js/LICENSE"} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(string(b), "MIT License\n") || !strings.Contains(string(b), "WITHOUT WARRANTY OF ANY KIND") {
+			t.Errorf("%s is not the MIT license", p)
+		}
+	}
+	pkg, err := os.ReadFile("js/package.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(pkg), `"license": "MIT"`) || !strings.Contains(string(pkg), `"LICENSE"`) {
+		t.Error(`js/package.json does not declare "license": "MIT" and ship LICENSE`)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -98,6 +99,7 @@ func startInstance(t testing.TB, redisAt, prefix string) *instance {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestRedisInstanceProcess$", "-test.count=1")
 	cmd.Env = append(os.Environ(), instanceEnv+"="+redisAt+"|"+prefix)
+	dieWithParent(cmd)
 	stdin, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
@@ -521,6 +523,7 @@ func TestRedisRestartWithAOF(t *testing.T) {
 	start := func() *exec.Cmd {
 		cmd := exec.Command("redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
 			"--appendonly", "yes", "--appendfsync", "always", "--save", "")
+		dieWithParent(cmd)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -564,6 +567,39 @@ func TestRedisRestartWithAOF(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "appendonlydir")); err != nil {
 		if _, err2 := os.Stat(filepath.Join(dir, "appendonly.aof")); err2 != nil {
 			t.Errorf("no AOF in %s: %v", dir, err)
+		}
+	}
+}
+
+// TestInstanceStartsNoRedis: a re-executed instance process uses the
+// parent's redis-server and starts none of its own. One it started would
+// outlive it: the tests end instances with SIGKILL, which no cleanup in
+// the instance survives (six redis-servers were left after each run).
+func TestInstanceStartsNoRedis(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("reads the process table from /proc")
+	}
+	in := startInstance(t, redisAddr, uniquePrefix(t))
+	pid := in.cmd.Process.Pid
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // not a process, or gone
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so split after
+		// its closing parenthesis.
+		s := string(stat)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			t.Errorf("the instance process %d has a child %s", pid, s[:i+1])
 		}
 	}
 }

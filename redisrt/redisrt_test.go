@@ -40,6 +40,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	redisAddr = "127.0.0.1:" + strconv.Itoa(port)
+	if os.Getenv(instanceEnv) != "" {
+		// A re-executed instance process (process_test.go) uses the
+		// parent's Redis: a server of its own would outlive its SIGKILL.
+		os.Exit(m.Run())
+	}
 	if err := startRedis(); err != nil {
 		fmt.Fprintln(os.Stderr, "redis-server:", err, "(./test.sh installs Debian's redis-server)")
 		os.Exit(1)
@@ -63,6 +68,7 @@ func freePort() (int, error) {
 func startRedis() error {
 	_, port, _ := net.SplitHostPort(redisAddr)
 	cmd := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	dieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return err
 	}

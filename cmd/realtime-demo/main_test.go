@@ -29,6 +29,7 @@ var listening = regexp.MustCompile(`open http://([0-9.:]+)/`)
 func startDemo(t *testing.T, bin, dir string, args ...string) *demoProcess {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"-addr", "127.0.0.1:0", "-data", dir}, args...)...)
+	dieWithParent(cmd)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -140,6 +141,7 @@ func TestTwoDemosOnRedis(t *testing.T) {
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 	ln.Close()
 	rs := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	dieWithParent(rs)
 	if err := rs.Start(); err != nil {
 		t.Fatalf("redis-server: %v (./test.sh installs Debian's redis-server)", err)
 	}

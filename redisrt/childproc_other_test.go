@@ -1,0 +1,9 @@
+//go:build !linux
+
+package redisrt
+
+import "os/exec"
+
+// dieWithParent: elsewhere than on Linux the children are ended by the
+// tests' cleanups alone.
+func dieWithParent(cmd *exec.Cmd) {}
