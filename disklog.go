@@ -203,7 +203,7 @@ func listGenerations(dir string) (snaps, logs []uint64, err error) {
 // nothing or all of data after a crash.
 func writeFileSynced(path string, write func(w io.Writer) error) error {
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}

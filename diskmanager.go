@@ -29,6 +29,27 @@ const (
 // errDiskClosed is returned by a DiskManager's calls after Close.
 var errDiskClosed = errors.New("realtime: disk manager closed")
 
+// ErrDirectoryInUse is matched (errors.Is) by the error of
+// OpenDiskManager on a directory that another DiskManager holds open, in
+// this process or another.
+var ErrDirectoryInUse = errors.New("realtime: disk manager: directory in use")
+
+// DirectoryInUseError is OpenDiskManager's error for a directory that
+// another DiskManager holds open: two managers on one directory would
+// each accept writes the other does not see, and leave a log that no
+// longer opens. The lock goes with the holding process, also when it is
+// killed; on systems without flock(2) (Windows) there is no lock.
+type DirectoryInUseError struct {
+	Dir string
+}
+
+func (e *DirectoryInUseError) Error() string {
+	return "realtime: disk manager: directory " + strconv.Quote(e.Dir) + " is in use by another DiskManager (its " + dirLockName + " file is locked)"
+}
+
+// Is reports whether target is ErrDirectoryInUse.
+func (e *DirectoryInUseError) Is(target error) bool { return target == ErrDirectoryInUse }
+
 // DiskManagerOptions configure a DiskManager. A zero field means its
 // documented default, a negative one none.
 type DiskManagerOptions struct {
@@ -92,9 +113,13 @@ func (o DiskManagerOptions) withDefaults() DiskManagerOptions {
 // Functions are code, not data: register them again after every open
 // (Create's functions for a new item, AddFunction for an existing one).
 //
-// A directory must be opened by one DiskManager at a time.
+// A directory is opened by one DiskManager at a time: a second
+// OpenDiskManager on it, in any process, fails with a *DirectoryInUseError
+// until the first is closed or its process ends (however it ends). Its
+// files are readable by their owner alone (0600, in a 0700 directory).
 type DiskManager struct {
 	dir    string
+	lock   *os.File // holds the directory's lock until Close (nil: none here)
 	opts   DiskManagerOptions
 	log    *slog.Logger
 	prefix string
@@ -174,17 +199,28 @@ func OpenDiskManager(dir string, opts *DiskManagerOptions) (*DiskManager, error)
 		o = *opts
 	}
 	o = o.withDefaults()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// Only the owner reads the data: states, proposals and keys.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("realtime: disk manager: %w", err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		if errors.Is(err, ErrDirectoryInUse) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("realtime: disk manager: %w", err)
 	}
 	var b [10]byte
 	crand.Read(b[:])
-	m := &DiskManager{dir: dir, opts: o, log: o.Logger, items: make(map[string]*diskItem),
+	m := &DiskManager{dir: dir, opts: o, log: o.Logger, items: make(map[string]*diskItem), lock: lock,
 		prefix: base32.HexEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]),
 		wake:   make(chan struct{}, 1)}
 	if err := m.recover(); err != nil {
 		if m.logf != nil {
 			m.logf.Close()
+		}
+		if lock != nil {
+			lock.Close()
 		}
 		return nil, err
 	}
@@ -202,6 +238,13 @@ func (m *DiskManager) recover() error {
 	snaps, logs, err := listGenerations(m.dir)
 	if err != nil {
 		return fmt.Errorf("realtime: disk manager: %w", err)
+	}
+	// Versions before 0.2 created their files readable by every user.
+	for _, g := range snaps {
+		os.Chmod(filepath.Join(m.dir, genName("snap", g)), 0o600)
+	}
+	for _, g := range logs {
+		os.Chmod(filepath.Join(m.dir, genName("log", g)), 0o600)
 	}
 	var base uint64
 	if len(snaps) > 0 {
@@ -257,7 +300,7 @@ func (m *DiskManager) recover() error {
 			}
 		}
 		if last {
-			f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o644)
+			f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
 			if err != nil {
 				return fmt.Errorf("realtime: disk manager: %w", err)
 			}
@@ -385,7 +428,7 @@ func (m *DiskManager) pushWindow(it *diskItem, e windowEntry) {
 }
 
 func (m *DiskManager) createLog(gen uint64) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(m.dir, genName("log", gen)), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(filepath.Join(m.dir, genName("log", gen)), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("realtime: disk manager: %w", err)
 	}
@@ -663,7 +706,11 @@ func (m *DiskManager) Close() error {
 	default:
 	}
 	m.wg.Wait()
-	return m.logf.Close()
+	err := m.logf.Close()
+	if m.lock != nil {
+		m.lock.Close() // releases the directory
+	}
+	return err
 }
 
 // Dir returns the manager's directory.
