@@ -68,8 +68,15 @@ type diskTx struct {
 }
 
 // appendDiskRecord appends r, framed, to dst.
+//
+// The record is encoded here rather than by json.Marshal, which would
+// rewrite the raw values (a state, a proposal): it escapes <, > and & as
+// six bytes each and drops insignificant spaces, so a state would not come
+// back after a restart as the bytes that were applied, and could grow six
+// times on disk. Raw values are copied as they are, after checking that
+// they are JSON (a record that would not read back is never written).
 func appendDiskRecord(dst []byte, r *diskRecord) ([]byte, error) {
-	payload, err := json.Marshal(r)
+	payload, err := r.appendJSON(nil)
 	if err != nil {
 		return dst, err
 	}
@@ -81,6 +88,85 @@ func appendDiskRecord(dst []byte, r *diskRecord) ([]byte, error) {
 	binary.BigEndian.PutUint32(hdr[4:8], crc32.Checksum(payload, crcTable))
 	dst = append(dst, hdr[:]...)
 	return append(dst, payload...), nil
+}
+
+// errNotJSON is appendJSON's error for a raw value that is not JSON.
+var errNotJSON = errors.New("realtime: disk manager: a state or proposal is not valid JSON")
+
+// appendJSON appends r as the JSON object that scanRecords decodes, with
+// the fields of diskRecord's tags, empty ones left out.
+func (r *diskRecord) appendJSON(dst []byte) ([]byte, error) {
+	dst = append(dst, `{"op":`...)
+	dst = appendJSONString(dst, r.Op)
+	dst = appendOptString(dst, "id", r.ID)
+	if r.V != 0 {
+		dst = strconv.AppendUint(append(dst, `,"v":`...), r.V, 10)
+	}
+	dst = appendOptString(dst, "tx", r.Tx)
+	dst = appendOptString(dst, "prev", r.Prev)
+	dst = appendOptString(dst, "fn", r.Fn)
+	var err error
+	if len(r.Proposed) > 0 {
+		if dst, err = appendCheckedRaw(dst, "proposed", r.Proposed); err != nil {
+			return dst, err
+		}
+	}
+	if len(r.State) > 0 {
+		if dst, err = appendCheckedRaw(dst, "state", r.State); err != nil {
+			return dst, err
+		}
+	}
+	dst = appendOptString(dst, "last", r.Last)
+	if len(r.Window) > 0 {
+		dst = append(dst, `,"window":[`...)
+		for i := range r.Window {
+			w := &r.Window[i]
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, `{"id":`...)
+			dst = appendJSONString(dst, w.ID)
+			dst = appendOptString(dst, "prev", w.Prev)
+			dst = appendOptString(dst, "fn", w.Fn)
+			proposed := w.Proposed
+			if len(proposed) == 0 {
+				proposed = json.RawMessage("null")
+			}
+			if dst, err = appendCheckedRaw(dst, "proposed", proposed); err != nil {
+				return dst, err
+			}
+			dst = appendOptString(dst, "key", w.Key)
+			if w.At != 0 {
+				dst = strconv.AppendInt(append(dst, `,"at":`...), w.At, 10)
+			}
+			dst = append(dst, '}')
+		}
+		dst = append(dst, ']')
+	}
+	if r.Count != 0 {
+		dst = strconv.AppendInt(append(dst, `,"count":`...), int64(r.Count), 10)
+	}
+	dst = appendOptString(dst, "key", r.Key)
+	if r.At != 0 {
+		dst = strconv.AppendInt(append(dst, `,"at":`...), r.At, 10)
+	}
+	return append(dst, '}'), nil
+}
+
+// appendOptString appends ,"name":"value" unless value is empty.
+func appendOptString(dst []byte, name, value string) []byte {
+	if value == "" {
+		return dst
+	}
+	return appendStringField(dst, name, value)
+}
+
+// appendCheckedRaw appends ,"name":raw after checking that raw is JSON.
+func appendCheckedRaw(dst []byte, name string, raw json.RawMessage) ([]byte, error) {
+	if !json.Valid(raw) {
+		return dst, errNotJSON
+	}
+	return appendRawField(dst, name, raw), nil
 }
 
 // CorruptError reports a DiskManager directory that cannot be opened as it

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"syscall"
@@ -98,5 +100,128 @@ func TestDiskManagerDirectoryLock(t *testing.T) {
 	})
 	if n < 3 {
 		t.Fatalf("only %d files in the directory", n)
+	}
+}
+
+// TestDiskManagerKeepsStateBytes: a state and a proposal come back after
+// a restart as the bytes that were applied: <, > and & are not escaped
+// (json.Marshal wrote them as six bytes each), spaces and non-ASCII stay,
+// and the log holds each byte of the state once.
+func TestDiskManagerKeepsStateBytes(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	quiet := &DiskManagerOptions{Logger: slog.New(slog.DiscardHandler)}
+	m, err := OpenDiskManager(dir, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Create(ctx, "doc", json.RawMessage(`{}`), testFunctions[0]); err != nil {
+		t.Fatal(err)
+	}
+	state := json.RawMessage(`{"html": "<b>&amp;</b>", "é": ["ü", "\u00e9", "日本"], "n" : 1}`)
+	tx, err := m.Apply(ctx, "doc", testFunctions[0], state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lt := json.RawMessage(`"` + strings.Repeat("<", 30000) + `"`)
+	if _, err := m.Apply(ctx, "doc", testFunctions[0], lt); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Apply(ctx, "doc", testFunctions[0], state); err != nil {
+		t.Fatal(err)
+	}
+	before, err := m.Replay(ctx, "doc", "", tx.ID)
+	if err != nil || len(before) != 1 {
+		t.Fatalf("replay: %d records, %v", len(before), err)
+	}
+	m.Close()
+	var size int64
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil && strings.HasPrefix(e.Name(), "log-") {
+			size += info.Size()
+		}
+	}
+	// The 30,000 '<' are in the log twice (proposal and state): 60 KB,
+	// where escaping made them 360 KB.
+	if size > 70000 {
+		t.Errorf("the log holds %d bytes for 60,000 bytes of '<'", size)
+	}
+
+	m, err = OpenDiskManager(dir, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	snap, err := m.Snapshot(ctx, "doc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The state as applied: what the function returned, compacted (as
+	// every manager does) and broadcast live.
+	applied := string(tx.State)
+	if !strings.Contains(applied, "<b>&amp;</b>") || !strings.Contains(applied, "日本") {
+		t.Fatalf("applied state %s", applied)
+	}
+	if string(snap.State) != applied {
+		t.Fatalf("state after a restart:\n%s\nwant\n%s", snap.State, applied)
+	}
+	recs, err := m.Replay(ctx, "doc", "", snap.LastTransactionID)
+	if err != nil || len(recs) != 3 || recs[0].TransactionID != tx.ID {
+		t.Fatalf("replay after a restart: %d records, %v", len(recs), err)
+	}
+	if string(recs[0].Message) != string(before[0].Message) {
+		t.Fatalf("replayed transaction after a restart:\n%s\nbefore:\n%s", recs[0].Message, before[0].Message)
+	}
+	// After a compaction (the snapshot file's encoding) too.
+	if err := m.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	m, err = OpenDiskManager(dir, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if snap, _ := m.Snapshot(ctx, "doc"); string(snap.State) != applied {
+		t.Fatalf("state after a compaction and a restart: %s", snap.State)
+	}
+	// A function that returns something that is not JSON is refused, and
+	// nothing unreadable reaches the log.
+	bad := Function{ID: "bad", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) {
+		return json.RawMessage(`{"open":`), nil
+	}}
+	if _, err := m.Apply(ctx, "doc", bad, json.RawMessage(`1`)); err == nil {
+		t.Fatal("a state that is not JSON was accepted")
+	}
+}
+
+// TestDiskRecordEncoding: every field of a record, and of a snapshot's
+// window, reads back as it was written.
+func TestDiskRecordEncoding(t *testing.T) {
+	for _, r := range []diskRecord{
+		{Op: "tx", ID: "d<\"\n", V: 7, Tx: "t7", Prev: "t6", Fn: "set&", Proposed: json.RawMessage(`{"a":"<>"}`), State: json.RawMessage(`[1,"é"]`), Key: "k", At: 123},
+		{Op: "item", ID: "d", V: 2, State: json.RawMessage(`null`), Last: "t2", Window: []diskTx{
+			{ID: "t1", Fn: "f", Proposed: json.RawMessage(`1`), Key: "k1", At: 5}, {ID: "t2", Prev: "t1", Proposed: nil}}},
+		{Op: "end", Count: 3},
+		{Op: "remove", ID: "x", V: 9},
+	} {
+		b, err := r.appendJSON(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got diskRecord
+		if err := json.Unmarshal(b, &got); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		want := r
+		for i := range want.Window {
+			if want.Window[i].Proposed == nil {
+				want.Window[i].Proposed = json.RawMessage("null")
+			}
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("%s read back as %+v, want %+v", b, got, want)
+		}
 	}
 }
