@@ -170,7 +170,7 @@ type diskItem struct {
 	state   json.RawMessage
 	last    string
 	version uint64
-	window  []windowEntry // oldest first, at most 2x the replay window
+	window  []windowEntry // oldest first; Replay serves the last ReplayWindow, it is trimmed at 2x
 }
 
 // windowEntry is one transaction of the replay window: what a replayed
@@ -1038,6 +1038,11 @@ func (m *DiskManager) Replay(ctx context.Context, shareDataID, since, until stri
 	it.smu.Lock()
 	defer it.smu.Unlock()
 	w := it.window
+	if n := m.opts.ReplayWindow; len(w) > n {
+		// The slice is trimmed only when it doubles (amortised); the
+		// window is exactly the last ReplayWindow transactions.
+		w = w[len(w)-n:]
+	}
 	start, end, ok := windowSpan(len(w), func(i int) (string, string) { return w[i].id, w[i].prev }, since, until)
 	if !ok {
 		return nil, ErrReplayCursorNotFound

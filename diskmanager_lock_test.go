@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -224,4 +225,45 @@ func TestDiskRecordEncoding(t *testing.T) {
 			t.Fatalf("%s read back as %+v, want %+v", b, got, want)
 		}
 	}
+}
+
+// TestDiskManagerReplayWindowIsExact: with a window of 100, a cursor 100
+// transactions old is replayed (from the oldest kept one) and a cursor 101
+// old is not, however many the manager holds before it trims (it trims
+// at twice the window), also after a restart.
+func TestDiskManagerReplayWindowIsExact(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	opts := &DiskManagerOptions{ReplayWindow: 100, Logger: slog.New(slog.DiscardHandler)}
+	m, err := OpenDiskManager(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Create(ctx, "doc", json.RawMessage(`0`), testFunctions[0]); err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{""}
+	for i := 1; i <= 150; i++ {
+		tx, err := m.Apply(ctx, "doc", testFunctions[0], json.RawMessage(strconv.Itoa(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, tx.ID)
+	}
+	check := func(when string) {
+		recs, err := m.Replay(ctx, "doc", ids[50], ids[150])
+		if err != nil || len(recs) != 100 || recs[0].TransactionID != ids[51] {
+			t.Fatalf("%s: a cursor 100 old: %d records, %v", when, len(recs), err)
+		}
+		if recs, err := m.Replay(ctx, "doc", ids[49], ids[150]); !errors.Is(err, ErrReplayCursorNotFound) {
+			t.Fatalf("%s: a cursor 101 old: %d records, %v; want ErrReplayCursorNotFound", when, len(recs), err)
+		}
+	}
+	check("live")
+	m.Close()
+	if m, err = OpenDiskManager(dir, opts); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	check("after a restart")
 }
