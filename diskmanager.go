@@ -40,7 +40,7 @@ var ErrDirectoryInUse = errors.New("realtime: disk manager: directory in use")
 // longer opens. The lock goes with the holding process, also when it is
 // killed; on systems without flock(2) (Windows) there is no lock.
 type DirectoryInUseError struct {
-	Dir string
+	Dir string // the directory, as given to OpenDiskManager
 }
 
 func (e *DirectoryInUseError) Error() string {

@@ -63,8 +63,9 @@ func (c *Conn) ReadInto(ctx context.Context, buf []byte) (MessageType, []byte, e
 func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 	var typ MessageType
 	inMessage := false
-	var zp *[]byte // a compressed message's pooled buffer (nil: not compressed)
-	var z []byte   // its payloads so far
+	compressed := false // the message has RSV1: its payloads go to z
+	var zp *[]byte      // the pooled buffer z is in (nil: none yet)
+	var z []byte        // a compressed message's payloads so far
 	frames := 0    // data frames of the message so far
 	for {
 		h, err := c.readHeader()
@@ -86,8 +87,11 @@ func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 			frames = 0
 			c.utf8.reset()
 			if h.rsv != 0 { // checkHeader allowed only RSV1, on a first frame
-				zp = getWriteBuf(int(min(h.length, writeFragmentSize)))
-				z = (*zp)[:0]
+				// The pooled buffer is taken as the payload arrives
+				// (readPayload), not for the length the header
+				// announces: a stalled peer holds only what it sent.
+				compressed = true
+				zp, z = nil, nil
 			}
 		}
 		frames++
@@ -98,7 +102,7 @@ func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 		// The bytes gathered never exceed the limit, so lim-n cannot
 		// overflow, whatever length the header announces (up to 2^63-1).
 		n := len(buf)
-		if zp != nil {
+		if compressed {
 			n = len(z)
 		}
 		if lim := c.opts.ReadLimit; lim > 0 && h.length > lim-int64(n) {
@@ -107,18 +111,20 @@ func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 		}
 		// (On an error a pooled buffer is left to the collector: the
 		// connection has failed.)
-		if zp != nil {
-			z, err = c.readPayload(z, &h, false)
+		if compressed {
+			z, err = c.readPayload(z, &h, false, &zp)
 		} else {
-			buf, err = c.readPayload(buf, &h, typ == MessageText)
+			buf, err = c.readPayload(buf, &h, typ == MessageText, nil)
 		}
 		if err != nil {
 			return 0, buf, err
 		}
 		if h.fin {
-			if zp != nil {
+			if compressed {
 				buf, err = c.inflateMessage(buf, z, typ)
-				putWriteBuf(zp, z)
+				if zp != nil {
+					putWriteBuf(zp, z)
+				}
 				if err != nil {
 					return 0, buf, err
 				}
@@ -214,44 +220,130 @@ func (c *Conn) checkHeader(h *header, inMessage bool) *CloseError {
 }
 
 // readPayload appends the frame's payload to buf, unmasking it and, for
-// text, validating its UTF-8 as it arrives. buf grows only as bytes
-// actually arrive, so a header announcing a huge length cannot by itself
-// make the reader allocate; and it never grows past len(buf)+h.length, which
-// the caller checked against the read limit, so the memory one message
-// holds is bounded by the limit, not by what the allocator rounds up to.
-func (c *Conn) readPayload(buf []byte, h *header, text bool) ([]byte, error) {
+// text, validating its UTF-8 as each network read returns it, so that
+// invalid text fails the connection as soon as it arrives, not when the
+// frame completes. buf grows only as bytes actually arrive, so a header
+// announcing a huge length cannot by itself make the reader allocate; and
+// it never grows past len(buf)+h.length, which the caller checked against
+// the read limit, so the memory one message holds is bounded by the limit,
+// not by what the allocator rounds up to. With pooled, buf is a buffer of
+// the write pools (a compressed message's, which *zp holds) and grows
+// through their size classes.
+func (c *Conn) readPayload(buf []byte, h *header, text bool, zp **[]byte) ([]byte, error) {
 	remaining := h.length
 	pos := 0
 	for remaining > 0 {
 		if len(buf) == cap(buf) {
-			// Double, from 512 bytes, but never beyond this frame's end.
-			grow := max(len(buf), 512)
-			if int64(grow) > remaining {
-				grow = int(remaining)
+			// Grow once bytes are there to fill the room: a peer that
+			// sends a header and stalls holds no payload buffer.
+			if err := c.await(); err != nil {
+				return buf, err
 			}
-			nb := make([]byte, len(buf), len(buf)+grow)
-			copy(nb, buf)
-			buf = nb
+			buf = growPayload(buf, remaining, zp)
 		}
-		chunk := cap(buf) - len(buf)
-		if int64(chunk) > remaining {
-			chunk = int(remaining)
+		room := cap(buf) - len(buf)
+		if int64(room) > remaining {
+			room = int(remaining)
 		}
 		start := len(buf)
-		buf = buf[:start+chunk]
-		p := buf[start:]
-		if err := c.readFull(p); err != nil {
-			return buf[:start], err
+		n, err := c.readSome(buf[start : start+room])
+		buf = buf[:start+n]
+		if n > 0 {
+			p := buf[start:]
+			if h.masked {
+				pos = maskBytes(h.key, pos, p)
+			}
+			if text && !c.utf8.write(p) {
+				return buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "invalid UTF-8 in text message"})
+			}
+			remaining -= int64(n)
 		}
-		if h.masked {
-			pos = maskBytes(h.key, pos, p)
+		if err != nil {
+			return buf, err
 		}
-		if text && !c.utf8.write(p) {
-			return buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "invalid UTF-8 in text message"})
-		}
-		remaining -= int64(chunk)
 	}
 	return buf, nil
+}
+
+// growPayload returns buf with room for more of a frame's remaining
+// bytes: doubled from 512 bytes, never beyond the frame's end. A pooled
+// buffer (zp non-nil) moves to the next size class of the write pools, and
+// the one it leaves goes back to its pool.
+func growPayload(buf []byte, remaining int64, zp **[]byte) []byte {
+	grow := max(len(buf), 512)
+	if int64(grow) > remaining {
+		grow = int(remaining)
+	}
+	if zp != nil && len(buf)+grow <= writeBufClasses[len(writeBufClasses)-1] {
+		old := *zp
+		*zp = getWriteBuf(len(buf) + grow)
+		nb := append((**zp)[:0], buf...)
+		if old != nil {
+			putWriteBuf(old, buf)
+		}
+		return nb
+	}
+	nb := make([]byte, len(buf), len(buf)+grow)
+	copy(nb, buf)
+	if zp != nil && *zp != nil {
+		putWriteBuf(*zp, buf) // past the largest class: back to its pool
+		*zp = nil
+	}
+	return nb
+}
+
+// readSome fills the start of p with what the read buffer holds or, when
+// it is empty, with what one network read returns, and returns how many
+// bytes it filled: at least one unless it fails. Small reads go through
+// the read buffer, which may take the next frames with them; large ones
+// go straight into p.
+func (c *Conn) readSome(p []byte) (int, error) {
+	if c.rend == c.rpos && len(p) >= len(c.rbuf) {
+		return c.netRead(p)
+	}
+	if err := c.await(); err != nil {
+		return 0, err
+	}
+	n := copy(p, c.rbuf[c.rpos:c.rend])
+	c.rpos += n
+	return n, nil
+}
+
+// await makes sure the read buffer holds at least one byte, reading once
+// from the network if it is empty.
+func (c *Conn) await() error {
+	if c.rend > c.rpos {
+		return nil
+	}
+	n, err := c.netRead(c.rbuf)
+	c.rpos, c.rend = 0, n
+	return err
+}
+
+// netRead is one network read inside a frame: at least one byte, or an
+// error (io.ErrUnexpectedEOF for the end of the stream). An error that
+// comes with bytes is kept for the next read.
+func (c *Conn) netRead(p []byte) (int, error) {
+	if err := c.waitErr; err != nil {
+		c.waitErr = nil
+		return 0, err
+	}
+	c.rearmIdle()
+	for {
+		n, err := c.nc.Read(p)
+		if n > 0 {
+			if err != nil {
+				c.waitErr = err
+			}
+			return n, nil
+		}
+		if err == io.EOF {
+			return 0, io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
 }
 
 // readControl reads a control frame's payload and acts on it.
