@@ -66,7 +66,7 @@ func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 	compressed := false // the message has RSV1: its payloads go to z
 	var zp *[]byte      // the pooled buffer z is in (nil: none yet)
 	var z []byte        // a compressed message's payloads so far
-	frames := 0    // data frames of the message so far
+	frames := 0         // data frames of the message so far
 	for {
 		h, err := c.readHeader()
 		if err != nil {
