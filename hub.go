@@ -78,6 +78,12 @@ type subscriber struct {
 	held      []heldFrame // events that arrived before it was live
 	heldBytes int
 	version   uint64 // the last event version queued (or in the snapshot)
+
+	// Under sess.mu: the subscription ended, so its feeder, waiting in
+	// waitRoom for its connection's queue to drain, returns at once (a
+	// peer that stops reading would otherwise hold it, and the replay it
+	// holds, until the write timeout).
+	feedStopped bool
 }
 
 // heldFrame is an event's frame held for a subscription that is not live.
@@ -225,6 +231,7 @@ func (sub *subscriber) stop() {
 	sub.state = subEnded
 	clear(sub.held)
 	sub.held, sub.heldBytes = nil, 0
+	sub.sess.stopFeed(sub)
 }
 
 // fellBehind stops sub and closes its connection with 4001, for cause, so
@@ -355,7 +362,7 @@ func (h *hub) feed(sub *subscriber, replay []ReplayRecord) {
 	for i := range replay {
 		frame := sess.frame(replay[i].Message)
 		replay[i] = ReplayRecord{} // what is queued is no longer held here
-		if !sess.waitRoom(len(frame)) {
+		if !sess.waitRoom(sub, len(frame)) {
 			return
 		}
 		t.mu.Lock()
@@ -374,7 +381,7 @@ func (h *hub) feed(sub *subscriber, replay []ReplayRecord) {
 		}
 		next := sub.goLive()
 		t.mu.Unlock()
-		if next < 0 || !sess.waitRoom(next) {
+		if next < 0 || !sess.waitRoom(sub, next) {
 			return
 		}
 	}

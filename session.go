@@ -106,11 +106,12 @@ func (s *session) hasRoomLocked(n int) bool {
 }
 
 // waitRoom blocks until hasRoom(n) holds, as the writer drains the queue,
-// and reports true; it reports false once the connection is closing.
-func (s *session) waitRoom(n int) bool {
+// and reports true; it reports false once the connection is closing or
+// sub's feed was stopped (stopFeed).
+func (s *session) waitRoom(sub *subscriber, n int) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for !s.closing && !s.hasRoomLocked(n) {
+	for !s.closing && !sub.feedStopped && !s.hasRoomLocked(n) {
 		if s.room == nil {
 			s.room = sync.NewCond(&s.mu)
 		}
@@ -118,7 +119,17 @@ func (s *session) waitRoom(n int) bool {
 		s.room.Wait()
 		s.roomWaiters--
 	}
-	return !s.closing
+	return !s.closing && !sub.feedStopped
+}
+
+// stopFeed ends sub's feed: its feeder, if it waits in waitRoom, returns
+// now rather than when the queue drains. The hub calls it as the
+// subscription ends.
+func (s *session) stopFeed(sub *subscriber) {
+	s.mu.Lock()
+	sub.feedStopped = true
+	s.wakeLocked()
+	s.mu.Unlock()
 }
 
 // wakeLocked wakes the producers in waitRoom; the caller holds mu and has

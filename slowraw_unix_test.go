@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -129,4 +131,84 @@ func TestDisconnectDropsQueuedFrames(t *testing.T) {
 		t.Fatalf("received %d of %d transactions after Disconnect with %d bytes queued; want at most %d", received, applied, queued, limit)
 	}
 	t.Logf("received %d of %d; %d bytes were queued", received, applied, queued)
+}
+
+// dialStalled is dialSlowRaw without the subscribe: a raw client with a
+// 4 KiB receive buffer that reads nothing after the handshake.
+func dialStalled(t *testing.T, rs *rtServer) *rawClient {
+	t.Helper()
+	d := net.Dialer{Control: func(network, address string, c syscall.RawConn) error {
+		var serr error
+		c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+		return serr
+	}}
+	nc, err := d.Dial("tcp", rs.hs.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := nc.Write([]byte(handshakeRequest(rs.hs.Listener.Addr().String()))); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("handshake: %v", err)
+	}
+	return &rawClient{t: t, nc: nc, br: br}
+}
+
+// TestResubscribeEndsReplayFeeder: a client that stops reading and
+// subscribes with since over and over leaves no replay feeder behind: the
+// feeder of a superseded subscription ends at once, with what it held,
+// instead of waiting for a queue that never drains (2,000 re-subscribes
+// held 2,000 goroutines and 150 MB until the write timeout).
+func TestResubscribeEndsReplayFeeder(t *testing.T) {
+	var subscribed atomic.Int64
+	rs := newRTServer(t, &ServerOptions{
+		Observer: Observer{Subscribed: func(SubscribeOutcome) { subscribed.Add(1) }}})
+	// Large proposals, a small state: the replay is large, the state
+	// frame each subscribe queues is not.
+	note := Function{ID: "note", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) { return cur, nil }}
+	big := json.RawMessage(`"` + strings.Repeat("x", 60<<10) + `"`)
+	var first string
+	for i := 0; i < 100; i++ { // a window of 100 transactions of 60 KiB, past the socket buffers
+		tx, err := rs.mgr.Apply(context.Background(), "doc", note, big)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = tx.ID
+		}
+	}
+	rc := dialStalled(t, rs)
+	sub := (&SubscribeMessage{ShareDataID: "doc", Since: first, HasSince: true}).AppendJSON(nil)
+	rc.send(fText, sub)
+	waitFor(t, func() bool { return subscribed.Load() == 1 })
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	base := runtime.NumGoroutine()
+	const resubscribes = 500
+	for i := 0; i < resubscribes; i++ {
+		rc.send(fText, sub)
+	}
+	waitFor(t, func() bool { return subscribed.Load() == 1+resubscribes })
+	// Each superseded feeder ends as its subscription does; the one left
+	// feeds the last subscription.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > base+2 && time.Now().Before(deadline) {
+		runtime.Gosched()
+	}
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	n := runtime.NumGoroutine()
+	t.Logf("after %d re-subscribes: %+d goroutines, %+d KiB of heap", resubscribes, n-base, (int64(after.HeapInuse)-int64(before.HeapInuse))>>10)
+	if n > base+2 {
+		t.Fatalf("%d goroutines more after %d re-subscribes of a stalled connection", n-base, resubscribes)
+	}
 }
