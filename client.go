@@ -52,7 +52,8 @@ var (
 
 // ProposalError is a proposal the server refused (accepted: false).
 type ProposalError struct {
-	Reason string // the server's error text
+	Reason string    // the server's error text
+	Code   ErrorCode // the result's code, when it has one (CodeRateLimited); "" for a refusal by the function or an authorizer
 }
 
 func (e *ProposalError) Error() string { return "realtime: proposal refused: " + e.Reason }
@@ -784,7 +785,7 @@ func (c *Client) Propose(ctx context.Context, shareDataID, functionID string, pr
 		if res.Code == CodeOutcomeUnknown {
 			return "", fmt.Errorf("%w (the server: %s)", ErrOutcomeUnknown, res.Error)
 		}
-		return "", &ProposalError{Reason: res.Error}
+		return "", &ProposalError{Reason: res.Error, Code: res.Code}
 	}
 	return res.TransactionID, nil
 }

@@ -309,13 +309,24 @@ func (h *hub) join(ctx context.Context, sess *session, id, since string, hasSinc
 	}
 	var replay []ReplayRecord
 	var replayErr error
+	budgetSpent := false
 	if hasSince && since != snap.LastTransactionID {
-		replay, replayErr = h.store.Replay(ctx, id, since, snap.LastTransactionID)
-		if replayErr != nil && !errors.Is(replayErr, ErrReplayCursorNotFound) {
-			h.detach(sub)
-			h.log.Error("realtime: replay failed", "share_data_id", id, "err", replayErr)
-			sess.send(&ErrorMessage{Code: CodeInternal, Message: "could not read the replay window; subscribe again", ShareDataID: id})
-			return SubscribeFailed
+		if !sess.allowReplay() {
+			budgetSpent = true
+			replayErr = ErrReplayCursorNotFound
+		} else {
+			replay, replayErr = h.store.Replay(ctx, id, since, snap.LastTransactionID)
+			if replayErr != nil && !errors.Is(replayErr, ErrReplayCursorNotFound) {
+				h.detach(sub)
+				h.log.Error("realtime: replay failed", "share_data_id", id, "err", replayErr)
+				sess.send(&ErrorMessage{Code: CodeInternal, Message: "could not read the replay window; subscribe again", ShareDataID: id})
+				return SubscribeFailed
+			}
+			size := 0
+			for i := range replay {
+				size += len(replay[i].Message)
+			}
+			sess.chargeReplay(size)
 		}
 	}
 
@@ -329,7 +340,11 @@ func (h *hub) join(ctx context.Context, sess *session, id, since string, hasSinc
 	}
 	defer t.mu.Unlock()
 	sess.send(&StateMessage{ShareDataID: id, CurrentState: snap.State, LastTransactionID: snap.LastTransactionID})
-	if replayErr != nil {
+	switch {
+	case budgetSpent:
+		sess.send(&ErrorMessage{Code: CodeReplayCursorNotFound,
+			Message: "this connection's replay budget is spent; transactions before the state were not replayed", ShareDataID: id})
+	case replayErr != nil:
 		sess.send(&ErrorMessage{Code: CodeReplayCursorNotFound,
 			Message: "cursor " + quoteForError(since) + " is outside the replay window; transactions before the state were not replayed", ShareDataID: id})
 	}

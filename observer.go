@@ -188,6 +188,9 @@ const (
 	// ProposalOutcomeUnknown: a retried proposal whose key is no longer
 	// remembered (ErrOutcomeUnknown); nothing was applied.
 	ProposalOutcomeUnknown ProposalOutcome = "outcome_unknown"
+	// ProposalRateLimited: past the connection's ProposalsPerSecond;
+	// nothing ran.
+	ProposalRateLimited ProposalOutcome = "rate_limited"
 )
 
 // ProposalReport is one answered proposal, for Observer.Proposed.

@@ -189,7 +189,8 @@ type LifecycleMessage struct {
 //
 // TransactionID is carried when Accepted, Error when not. Code, optional,
 // names for programs why a proposal was not accepted when that is not the
-// function's or the authorizer's refusal: CodeOutcomeUnknown.
+// function's or the authorizer's refusal: CodeOutcomeUnknown,
+// CodeRateLimited.
 type ProposalResultMessage struct {
 	CorrelationID string    // matches the answer to the request
 	Accepted      bool      // whether the proposal was applied
@@ -492,6 +493,10 @@ const (
 	// no longer remembers: it may have been applied, and is not applied
 	// again.
 	CodeOutcomeUnknown ErrorCode = "outcome-unknown"
+	// CodeRateLimited answers a proposal past the connection's
+	// ProposalsPerSecond: nothing ran and its key is not remembered, so
+	// it may be sent again later.
+	CodeRateLimited ErrorCode = "rate-limited"
 )
 
 // Application close codes of the realtime protocol (RFC 6455 leaves

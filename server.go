@@ -101,6 +101,23 @@ type ServerOptions struct {
 	// a subscribe past it gets an error frame "too-many-subscriptions".
 	// Zero means 100. Negative means no limit.
 	MaxSubscriptionsPerConnection int
+	// ReplayBytesPerMinute bounds the bytes of replayed transactions one
+	// connection is sent, per minute on average, with a burst of as much:
+	// a subscribe with since is a few bytes and can ask for a whole
+	// window. A subscribe whose replay finds the budget spent gets the
+	// state frame and an error frame "replay-cursor-not-found" (the client
+	// has the current state, as when its cursor left the window), with no
+	// replay, as Centrifuge answers a recovery past its publication limit.
+	// A replay that starts is sent whole; its bytes delay the next. Zero
+	// means 16 MiB. Negative means no limit.
+	ReplayBytesPerMinute int
+	// ProposalsPerSecond bounds the proposals of one connection, per
+	// second on average, with a burst of as many. A proposal past it is
+	// answered accepted: false with code "rate-limited", before any
+	// authorizer or function runs and without remembering its key, so the
+	// client may send it again later. Zero means 100. Negative means no
+	// limit.
+	ProposalsPerSecond int
 	// MaxConnections bounds the open connections; upgrades past it get
 	// 503 (or, when several race for the last place, the losers are closed
 	// with 1013 right after the upgrade). Zero means no limit. Negative
@@ -152,6 +169,12 @@ func (o ServerOptions) withDefaults() ServerOptions {
 		o.MaxSubscriptionsPerConnection = defaultMaxSubscriptionsPerConnection
 	case o.MaxSubscriptionsPerConnection < 0:
 		o.MaxSubscriptionsPerConnection = math.MaxInt
+	}
+	if o.ReplayBytesPerMinute == 0 {
+		o.ReplayBytesPerMinute = defaultReplayBytesPerMinute
+	}
+	if o.ProposalsPerSecond == 0 {
+		o.ProposalsPerSecond = defaultProposalsPerSecond
 	}
 	if o.ReplayBufferSize == 0 {
 		o.ReplayBufferSize = defaultReplayBufferSize // negative: NewMemoryReplayStore keeps none

@@ -78,7 +78,7 @@ func follow(t *testing.T, c *testClient, since string, hasSince bool, final func
 // between the state frame and the first live frame, and end at the final
 // state.
 func TestExactlyOnceInOrder(t *testing.T) {
-	rs := newRTServer(t, &ServerOptions{ReplayBufferSize: 1000})
+	rs := newRTServer(t, &ServerOptions{ReplayBufferSize: 1000, ProposalsPerSecond: -1}) // each proposer sends as fast as it can
 	const proposers, each, subscribers = 4, 150, 12
 	var finalID string
 	var finalMu sync.Mutex

@@ -33,6 +33,9 @@ type session struct {
 	writing bool      // a writer goroutine is running
 	closing bool      // no more frames are accepted
 	cause   causeCode // why the server closed it, the first reason
+	// pinged is heartbeat state, touched only by the heartbeat goroutine
+	// (here, beside the other small fields, to keep the struct small).
+	pinged bool
 	// roomWaiters counts the producers waiting in waitRoom; room wakes
 	// them (made at the first wait, so a connection that never replays
 	// does not pay for it).
@@ -46,8 +49,11 @@ type session struct {
 	// server reports its writes (Observer.Wrote).
 	oldestAt int64
 
+	// limits are the replay and proposal budgets (limits.go), made at
+	// the first replay or proposal.
+	limits *connLimits
+
 	// Heartbeat state, touched only by the heartbeat goroutine.
-	pinged    bool
 	pongsSeen uint64
 }
 
@@ -470,11 +476,18 @@ func (s *session) propose(m *ProposeMessage) {
 	reject := func(outcome ProposalOutcome, reason string) {
 		srv.stats.proposalsRejected.Add(1)
 		res := &ProposalResultMessage{CorrelationID: m.CorrelationID, Error: reason}
-		if outcome == ProposalOutcomeUnknown {
+		switch outcome {
+		case ProposalOutcomeUnknown:
 			res.Code = CodeOutcomeUnknown
+		case ProposalRateLimited:
+			res.Code = CodeRateLimited
 		}
 		s.send(res)
 		srv.proposed(m.FunctionID, outcome, start)
+	}
+	if !s.allowProposal() {
+		reject(ProposalRateLimited, "too many proposals: at most "+strconv.Itoa(srv.opts.ProposalsPerSecond)+" per second on one connection")
+		return
 	}
 	if az := srv.opts.AuthorizePropose; az != nil {
 		if err := az(s.ctx, s.auth, m.ShareDataID, m.FunctionID); err != nil {

@@ -54,6 +54,8 @@ export interface ProposalResult {
   accepted: boolean;
   transactionId?: string;
   error?: string;
+  /** Why not accepted, for programs, when it was not the function's or an authorizer's refusal: "rate-limited". */
+  code?: string;
 }
 
 export type RealtimeErrorCode =

@@ -469,6 +469,7 @@ export class RealtimeClient {
         const out = { accepted: m.accepted };
         if (m.transactionId !== undefined) out.transactionId = m.transactionId;
         if (m.error !== undefined) out.error = m.error;
+        if (m.code !== undefined) out.code = m.code; // "rate-limited"
         r.succeed(out);
       } else r.succeed(m);
       return;

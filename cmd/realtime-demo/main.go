@@ -44,6 +44,7 @@ func main() {
 	jwtIssuer := flag.String("jwt-issuer", "realtime-demo", "the issuer (iss) trusted with -jwt-secret")
 	dataDir := flag.String("data", "realtime-data", "directory that keeps the share data, so they survive a restart or a crash")
 	inMemory := flag.Bool("memory", false, "keep the share data in memory only (lost when the demo stops), instead of in -data")
+	proposalRate := flag.Int("proposals-per-second", 0, "proposals one connection may make per second; 0 means the default (100), negative means no limit")
 	redisAddr := flag.String("redis", "", "keep the share data in this Redis (host:port) instead, so several demo processes serve the same counter and board")
 	flag.Parse()
 
@@ -97,14 +98,15 @@ func main() {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(metrics, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := &realtime.ServerOptions{
-		Observer:          metrics.Observer(),
-		ReplayStore:       replayStore,
-		ResolveFunction:   realtime.IDFunctionResolver(mgr),
-		HeartbeatInterval: *heartbeat,
-		ReplayBufferSize:  *replayWindow,
-		MaxBufferedBytes:  *sendBuffer,
-		Accept:            realtime.AcceptOptions{EnableCompression: *compress, ConnOptions: realtime.ConnOptions{ReadLimit: *readLimit}},
-		Logger:            logger,
+		Observer:           metrics.Observer(),
+		ReplayStore:        replayStore,
+		ResolveFunction:    realtime.IDFunctionResolver(mgr),
+		HeartbeatInterval:  *heartbeat,
+		ReplayBufferSize:   *replayWindow,
+		MaxBufferedBytes:   *sendBuffer,
+		ProposalsPerSecond: *proposalRate,
+		Accept:             realtime.AcceptOptions{EnableCompression: *compress, ConnOptions: realtime.ConnOptions{ReadLimit: *readLimit}},
+		Logger:             logger,
 	}
 	if *jwtSecret != "" {
 		if err := demo.UseJWT(opts, []byte(*jwtSecret), *jwtIssuer); err != nil {

@@ -30,7 +30,8 @@ import (
 // and histogram moves by what the clients did, and the exposition passes
 // promlint, the checks of promtool check metrics.
 func TestMetricsUnderTraffic(t *testing.T) {
-	p := startDemo(t, buildDemo(t), t.TempDir(), "-memory", "-heartbeat", "300ms", "-send-buffer", "65536")
+	p := startDemo(t, buildDemo(t), t.TempDir(), "-memory", "-heartbeat", "300ms", "-send-buffer", "65536",
+		"-proposals-per-second", "-1") // the board is filled as fast as the proposer can
 	url := "ws://" + p.addr + "/realtime"
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
