@@ -830,9 +830,19 @@ type Subscription struct {
 	cursor    string
 	hasCursor bool
 	// delivered is the resume point after the last message taken from
-	// Messages.
+	// Messages (set once the hand-over completed).
 	delivered    string
 	hasDelivered bool
+	// popped is the resume point after the last message taken off the
+	// queue for Messages: it is handed over next (or was), so a
+	// slow-reader resync resumes after it.
+	popped    string
+	hasPopped bool
+	// handed are the last messages offered on Messages with the resume
+	// point after each, newest at handed[(handedNext-1)%len]: CursorAfter
+	// reads them. Made at the first message.
+	handed     *[handedKept]queuedMessage
+	handedNext int
 	awaiting     bool   // a subscribe was sent; frames before its state are stale
 	sentSince    string // the since of that subscribe
 	sentHasSince bool
@@ -843,6 +853,10 @@ type Subscription struct {
 	ended        bool
 	err          error
 }
+
+// handedKept is how many of the last messages handed over CursorAfter
+// knows.
+const handedKept = 16
 
 // queuedMessage is a message held for Messages with the resume point
 // after it.
@@ -889,7 +903,7 @@ func (c *Client) Subscribe(shareDataID string, opts *SubscribeOptions) (*Subscri
 		return s, nil
 	}
 	s := &Subscription{c: c, id: shareDataID, ch: make(chan ServerMessage), wake: make(chan struct{}, 1),
-		cursor: o.Since, hasCursor: o.HasSince, delivered: o.Since, hasDelivered: o.HasSince}
+		cursor: o.Since, hasCursor: o.HasSince, delivered: o.Since, hasDelivered: o.HasSince, popped: o.Since, hasPopped: o.HasSince}
 	c.subs[shareDataID] = s
 	conn := c.conn
 	c.wg.Add(1)
@@ -915,12 +929,42 @@ func (s *Subscription) Err() error {
 	return s.err
 }
 
-// Cursor returns the resume point after the last message taken from
-// Messages: the id of the last transaction handed over (replayed or live),
-// or the state frame's lastTransactionId when no replay was due. Saved and
-// given back as SubscribeOptions.Since, it resumes the subscription where
-// the application stopped. It is "" (with ok false) before the first state
-// frame of a subscription that started with no cursor.
+// CursorAfter returns the resume point after m, a message this
+// subscription handed over on Messages: the id of the last transaction
+// handed over up to m (replayed or live), or a state frame's
+// lastTransactionId when no replay was due. Saved after the application
+// handled m and given back as SubscribeOptions.Since, it resumes exactly
+// after m: nothing m's handling saw is sent again, nothing after it is
+// skipped. It knows the last 16 messages handed over; for an older one,
+// or a message that did not come from this subscription, ok is false. It
+// is "" with ok true after a state frame of an item with no transaction
+// yet, and "" with ok false after none (a subscription that started
+// with no cursor, before its first state).
+//
+// Save CursorAfter(m), not Cursor: the resume point travels with the
+// message, so it cannot name a message the application has not taken.
+func (s *Subscription) CursorAfter(m ServerMessage) (cursor string, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.handed == nil || m == nil {
+		return "", false
+	}
+	for i := 1; i <= handedKept; i++ {
+		q := &s.handed[(s.handedNext-i+2*handedKept)%handedKept]
+		if q.m == m {
+			return q.cursor, q.hasCursor
+		}
+	}
+	return "", false
+}
+
+// Cursor returns the resume point after the last message whose hand-over
+// on Messages completed. It never names a message the application has not
+// taken; right after the application received a message it may still
+// name the point before it (resuming from it sends that message again).
+// For the exact point after a message, use CursorAfter. It is "" (with ok
+// false) before the first state frame of a subscription that started with
+// no cursor.
 func (s *Subscription) Cursor() (cursor string, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -1055,7 +1099,7 @@ func (s *Subscription) receive(m ServerMessage) {
 		// server replay from what it has.
 		clear(s.queue)
 		s.queue = s.queue[:0]
-		s.cursor, s.hasCursor = s.delivered, s.hasDelivered
+		s.cursor, s.hasCursor = s.popped, s.hasPopped
 		resync = ResyncSlowReader
 	}
 	if resync != "" {
@@ -1161,13 +1205,25 @@ func (s *Subscription) deliver() {
 		q := s.queue[0]
 		s.queue[0] = queuedMessage{}
 		s.queue = s.queue[1:]
-		s.delivered, s.hasDelivered = q.cursor, q.hasCursor
+		// Recorded before the hand-over: CursorAfter(q.m) can only be
+		// asked by a reader that received q.m.
+		if s.handed == nil {
+			s.handed = new([handedKept]queuedMessage)
+		}
+		s.handed[s.handedNext] = q
+		s.handedNext = (s.handedNext + 1) % handedKept
+		s.popped, s.hasPopped = q.cursor, q.hasCursor
 		s.mu.Unlock()
 		select {
 		case s.ch <- q.m:
 		case <-s.c.ctx.Done():
 			return
 		}
+		// Only now has the reader taken it (setting this before the send
+		// made Cursor name a message the reader had not taken yet).
+		s.mu.Lock()
+		s.delivered, s.hasDelivered = q.cursor, q.hasCursor
+		s.mu.Unlock()
 	}
 }
 

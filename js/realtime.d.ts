@@ -119,15 +119,16 @@ export interface RealtimeClientOptions {
 export declare class Subscription {
   readonly shareDataId: string;
   /** The last transaction handed over (the resume point), or null. */
+  /** The resume point after the last event emitted; a handler should save the cursor it is given instead. */
   readonly cursor: string | null;
   readonly ended: boolean;
   readonly endReason: RealtimeError | null;
-  on(event: "state", handler: (frame: StateFrame) => void): this;
-  on(event: "transaction", handler: (frame: TransactionFrame) => void): this;
-  on(event: "lifecycle", handler: (frame: LifecycleFrame) => void): this;
-  on(event: "error", handler: (error: RealtimeError) => void): this;
-  on(event: "end", handler: (reason: RealtimeError) => void): this;
-  off(event: string, handler: (arg: any) => void): this;
+  on(event: "state", handler: (frame: StateFrame, cursor: string | null) => void): this;
+  on(event: "transaction", handler: (frame: TransactionFrame, cursor: string | null) => void): this;
+  on(event: "lifecycle", handler: (frame: LifecycleFrame, cursor: string | null) => void): this;
+  on(event: "error", handler: (error: RealtimeError, cursor: string | null) => void): this;
+  on(event: "end", handler: (reason: RealtimeError, cursor: string | null) => void): this;
+  off(event: string, handler: (arg: any, cursor: string | null) => void): this;
   unsubscribe(): void;
 }
 

@@ -94,13 +94,20 @@ export class Subscription {
     this.endReason = null;
   }
 
-  /** The resume point: the last transaction handed over, or null. */
+  /**
+   * The resume point after the last event emitted: the last transaction
+   * handed over, or null. A handler that saves it after an await may read
+   * a later point than its own event's: save the cursor each handler is
+   * given as its second argument instead.
+   */
   get cursor() { return this._cursor; }
 
   /**
    * on registers a handler for 'state', 'transaction', 'lifecycle', 'error'
    * or 'end' (the subscription ended: unsubscribed, removed, refused, or
-   * the client closed). It returns the subscription.
+   * the client closed), called as handler(event, cursor): cursor is the
+   * resume point right after the event (null before any). It returns the
+   * subscription.
    */
   on(event, handler) {
     if (!this._handlers[event]) throw new TypeError("unknown event " + JSON.stringify(event));
@@ -122,9 +129,14 @@ export class Subscription {
     this._end(new RealtimeError("unsubscribed", "unsubscribed"));
   }
 
+  // Every handler gets the resume point after its event as its second
+  // argument: saved and given back as since, it resumes exactly after the
+  // event, also when the handler saves it later (after an await), when
+  // sub.cursor may already be past newer events.
   _emit(event, arg) {
+    const cursor = this._cursor;
     for (const h of this._handlers[event]) {
-      try { h(arg); } catch (e) { queueMicrotask(() => { throw e; }); }
+      try { h(arg, cursor); } catch (e) { queueMicrotask(() => { throw e; }); }
     }
   }
 

@@ -320,3 +320,39 @@ test("the token goes in the subprotocol, not the URL", async () => {
   assert.deepEqual(seenProtocols, ["realtime.v1", "base64url.bearer.realtime.Z29vZA"]);
   c.close();
 });
+
+test("the cursor given with each event is the resume point after it, also when saved after an await", async () => {
+  const c = client();
+  await c.connect();
+  const sub = c.subscribe("doc");
+  const saved = []; // [transactionId, cursor given, sub.cursor read after an await]
+  let state = false;
+  sub.on("state", () => { state = true; });
+  sub.on("transaction", async (m, cursor) => {
+    await new Promise((r) => setTimeout(r, 0)); // handling takes a moment
+    saved.push([m.transactionId, cursor, sub.cursor]);
+  });
+  await waitFor("the state", () => state);
+  const last = await apply("doc", 200);
+  await waitFor("the transactions", () => saved.length === 200 && saved[199][0] === last);
+  let ahead = 0;
+  for (const [id, cursor, getter] of saved) {
+    assert.equal(cursor, id, "the cursor given with a transaction is its id");
+    if (getter !== id) ahead++;
+  }
+  // Without the cursor given with each event, an application saving
+  // sub.cursor after an await would have resumed past what it handled.
+  assert.ok(ahead > 0, "sub.cursor read after an await was never past its event: the test did not load the client");
+  // Resume from the cursor saved after the 100th: the first transaction
+  // replayed follows it.
+  const resumeFrom = saved[99][1];
+  const c2 = client();
+  await c2.connect();
+  const sub2 = c2.subscribe("doc", { since: resumeFrom });
+  const r2 = record(sub2);
+  await waitFor("the replay", () => r2.txs.length >= 1);
+  assert.equal(r2.txs[0].previousTransactionId, resumeFrom);
+  assertChain(r2.txs, resumeFrom);
+  c.close();
+  c2.close();
+});
