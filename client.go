@@ -841,8 +841,8 @@ type Subscription struct {
 	// handed are the last messages offered on Messages with the resume
 	// point after each, newest at handed[(handedNext-1)%len]: CursorAfter
 	// reads them. Made at the first message.
-	handed     *[handedKept]queuedMessage
-	handedNext int
+	handed       *[handedKept]queuedMessage
+	handedNext   int
 	awaiting     bool   // a subscribe was sent; frames before its state are stale
 	sentSince    string // the since of that subscribe
 	sentHasSince bool
