@@ -29,6 +29,26 @@ const (
 // errDiskClosed is returned by a DiskManager's calls after Close.
 var errDiskClosed = errors.New("realtime: disk manager closed")
 
+// ErrDiskWrite is matched (errors.Is) by the error of a change that was
+// not applied because the log could not be written or synced (a full
+// disk, an I/O error). Its text names neither the file nor the system's
+// error, which the manager logs instead (a proposer reads the text); the
+// system's error is its cause (errors.Is(err, syscall.ENOSPC)). The
+// manager repairs its log (cuts what the failed write left) and accepts
+// changes again as soon as the disk takes them.
+var ErrDiskWrite = errors.New("realtime: disk manager: the change could not be written to disk")
+
+// diskWriteError is ErrDiskWrite with the system's error as its cause.
+type diskWriteError struct{ cause error }
+
+func (e *diskWriteError) Error() string        { return ErrDiskWrite.Error() }
+func (e *diskWriteError) Is(target error) bool { return target == ErrDiskWrite }
+func (e *diskWriteError) Unwrap() error        { return e.cause }
+
+// repairRetry is how long after a failed repair of the log the manager
+// tries again, at the next change.
+const repairRetry = time.Second
+
 // ErrDirectoryInUse is matched (errors.Is) by the error of
 // OpenDiskManager on a directory that another DiskManager holds open, in
 // this process or another.
@@ -133,8 +153,12 @@ type DiskManager struct {
 	cmu     sync.Mutex // guards the fields below it
 	queue   []*diskPending
 	closing bool
-	failed  error // sticky: a write or fsync failed
-	wake    chan struct{}
+	failed  error // a write or fsync failed and the log is not repaired yet
+	// repairAt is when the next repair of a failed log may be tried, and
+	// repairDue asks the committer to try it.
+	repairAt  time.Time
+	repairDue bool
+	wake      chan struct{}
 
 	snapDone chan struct{} // closed when the running (or last) compaction ends
 	snapErr  error         // its result
@@ -258,6 +282,20 @@ func (m *DiskManager) recover() error {
 		if g >= base {
 			replay = append(replay, g)
 		}
+	}
+	// An empty newest log is a rotation that created it and went no
+	// further (it failed, or the process died): it holds no record, and
+	// the log before it is the newest, whose torn tail is cut as usual.
+	for len(replay) > 1 {
+		path := filepath.Join(m.dir, genName("log", replay[len(replay)-1]))
+		if info, err := os.Stat(path); err != nil || info.Size() != 0 {
+			break
+		}
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("realtime: disk manager: %w", err)
+		}
+		replay = replay[:len(replay)-1]
+		syncDir(m.dir)
 	}
 	for i, g := range replay {
 		if g != base+uint64(i) {
@@ -427,13 +465,21 @@ func (m *DiskManager) pushWindow(it *diskItem, e windowEntry) {
 	}
 }
 
+// createLog creates the log of generation gen. When it cannot make the
+// file durable, it removes it again: a rotation that failed must leave
+// nothing behind (an empty newer log made a torn tail of the older one
+// look like corruption in the middle of the history). Recovery ignores an
+// empty newest log for the same reason, in case the removal did not reach
+// the disk either.
 func (m *DiskManager) createLog(gen uint64) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(m.dir, genName("log", gen)), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	path := filepath.Join(m.dir, genName("log", gen))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("realtime: disk manager: %w", err)
 	}
 	if err := syncDir(m.dir); err != nil {
 		f.Close()
+		os.Remove(path)
 		return nil, fmt.Errorf("realtime: disk manager: %w", err)
 	}
 	return f, nil
@@ -445,6 +491,13 @@ func (m *DiskManager) enqueue(p *diskPending) error {
 	m.cmu.Lock()
 	defer m.cmu.Unlock()
 	if m.failed != nil {
+		if !m.repairDue && !time.Now().Before(m.repairAt) {
+			m.repairDue = true // the committer repairs the log; later changes may then go through
+			select {
+			case m.wake <- struct{}{}:
+			default:
+			}
+		}
 		return m.failed
 	}
 	if m.closing {
@@ -465,15 +518,19 @@ func (m *DiskManager) run() {
 	var buf []byte
 	for {
 		m.cmu.Lock()
-		for len(m.queue) == 0 && !m.closing {
+		for len(m.queue) == 0 && !m.closing && !m.repairDue {
 			m.cmu.Unlock()
 			<-m.wake
 			m.cmu.Lock()
 		}
 		batch := m.queue
 		m.queue = nil
-		closing := m.closing
+		closing, repair := m.closing, m.repairDue
 		m.cmu.Unlock()
+		if repair {
+			m.repair()
+			continue
+		}
 		if len(batch) == 0 && closing {
 			return
 		}
@@ -487,14 +544,23 @@ func (m *DiskManager) run() {
 			m.fsyncs.Add(1)
 		}
 		if err != nil {
-			err = fmt.Errorf("realtime: disk manager: writing the log failed, so the manager accepts no more changes (reopen the directory): %w", err)
-			m.log.Error(err.Error())
+			m.log.Error("realtime: disk manager: writing the log failed; changes are refused until it is repaired",
+				"dir", m.dir, "records", len(batch), "err", err)
+			werr := &diskWriteError{cause: err}
+			// What is queued was built on the failed records: it fails
+			// too, and nothing more is queued until the repair.
 			m.cmu.Lock()
-			m.failed = err
+			m.failed = werr
+			rest := m.queue
+			m.queue = nil
 			m.cmu.Unlock()
 			for _, p := range batch {
-				p.done <- err
+				p.done <- werr
 			}
+			for _, p := range rest {
+				p.done <- werr
+			}
+			m.repair()
 			continue
 		}
 		m.logSize += int64(len(buf))
@@ -520,6 +586,44 @@ func (m *DiskManager) run() {
 			}
 		}
 	}
+}
+
+// repair makes the manager accept changes again after a failed write:
+// every item's head goes back to what is on disk (the changes built on
+// the failed records were refused), and the log is cut back to its last
+// synced size, so what the failed write may have left in it is gone. When
+// cutting or syncing fails too, the manager stays failed and tries again
+// at a change at least repairRetry later. It runs on the committer.
+func (m *DiskManager) repair() {
+	m.mu.RLock()
+	items := make([]*diskItem, 0, len(m.items))
+	for _, it := range m.items {
+		items = append(items, it)
+	}
+	m.mu.RUnlock()
+	for _, it := range items {
+		it.hmu.Lock()
+		it.smu.Lock()
+		it.hState, it.hLast, it.hVersion = it.state, it.last, it.version
+		it.hRemoved = !it.live // a create that failed is no item; a remove that failed removed nothing
+		it.smu.Unlock()
+		it.hmu.Unlock()
+	}
+	err := m.logf.Truncate(m.logSize)
+	if err == nil && !m.opts.UnsafeNoSync {
+		err = m.logf.Sync()
+	}
+	m.cmu.Lock()
+	m.repairDue = false
+	if err != nil {
+		m.repairAt = time.Now().Add(repairRetry)
+		m.cmu.Unlock()
+		m.log.Error("realtime: disk manager: repairing the log failed; trying again at a change", "dir", m.dir, "retry_after", repairRetry, "err", err)
+		return
+	}
+	m.failed = nil
+	m.cmu.Unlock()
+	m.log.Warn("realtime: disk manager: the log is repaired; changes are accepted again", "dir", m.dir)
 }
 
 // rotate starts compaction. It runs on the committer between batches, so
@@ -891,14 +995,28 @@ func (m *DiskManager) ApplyKeyed(ctx context.Context, shareDataID string, fn Fun
 		it.hKeys = newKeyWindow()
 	}
 	now := time.Now()
-	if e := it.hKeys.lookup(key, now); e != nil {
-		it.hmu.Unlock()
-		if e.durable != nil {
+	for {
+		e := it.hKeys.lookup(key, now)
+		if e == nil {
+			break
+		}
+		if e.durable != nil && !isClosed(e.durable) {
+			// The first one with this key is being written: its outcome
+			// is known once it is on disk (or failed).
+			it.hmu.Unlock()
 			<-e.durable
+			if it, err = m.lockHead(shareDataID); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		if e.err != nil {
-			return nil, e.err
+			// Its write failed: nothing was applied, so this one is
+			// applied as a first send.
+			it.hKeys.drop(e)
+			break
 		}
+		it.hmu.Unlock()
 		return e.remembered(shareDataID)
 	}
 	if retry && it.hKeys.unsure(now) {

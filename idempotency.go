@@ -86,7 +86,9 @@ func (w *keyWindow) pop() *keyEntry {
 	e := w.entries[w.head]
 	w.entries[w.head] = nil
 	w.head++
-	delete(w.byKey, e.key)
+	if w.byKey[e.key] == e { // not dropped and remembered again since
+		delete(w.byKey, e.key)
+	}
 	if w.head > len(w.entries)/2 { // compact, keeping the order
 		n := copy(w.entries, w.entries[w.head:])
 		clear(w.entries[n:])
@@ -94,6 +96,14 @@ func (w *keyWindow) pop() *keyEntry {
 		w.head = 0
 	}
 	return e
+}
+
+// drop forgets e's outcome (its write failed: nothing was applied). The
+// entry keeps its place in the order until it ages or is pushed out.
+func (w *keyWindow) drop(e *keyEntry) {
+	if w.byKey[e.key] == e {
+		delete(w.byKey, e.key)
+	}
 }
 
 // lookup returns the entry of key, if remembered.
@@ -161,4 +171,14 @@ func (e *keyEntry) remembered(shareDataID string) (*Transaction, error) {
 // proposal was then neither applied nor decided.
 func refusalToRemember(err error) bool {
 	return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+}
+
+// isClosed reports whether ch is closed, without waiting.
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
