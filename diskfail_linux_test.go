@@ -100,6 +100,7 @@ func TestDiskManagerWritesResumeAfterFailure(t *testing.T) {
 	if err != nil {
 		t.Fatalf("reopen after the failure: %v", err)
 	}
+	defer m.Close()
 	snap, _ = m.Snapshot(ctx, "doc")
 	if string(snap.State) != "2" || snap.Version != 2 || snap.LastTransactionID != tx.ID {
 		t.Fatalf("after a restart: state %s version %d last %s, want 2, 2, %s", snap.State, snap.Version, snap.LastTransactionID, tx.ID)
