@@ -44,6 +44,8 @@ func main() {
 	jwtIssuer := flag.String("jwt-issuer", "realtime-demo", "the issuer (iss) trusted with -jwt-secret")
 	dataDir := flag.String("data", "realtime-data", "directory that keeps the share data, so they survive a restart or a crash")
 	inMemory := flag.Bool("memory", false, "keep the share data in memory only (lost when the demo stops), instead of in -data")
+	metricsAddr := flag.String("metrics-addr", "", "serve Prometheus metrics at /metrics on this address (such as 127.0.0.1:9464), never on -addr: a scrape costs the server CPU, so keep it off the public listener; empty means no metrics")
+	maxConns := flag.Int("max-connections", 1000, "most realtime connections at once, past which upgrades get 503; keep it under the process's file-descriptor limit (ulimit -n); negative means no limit")
 	proposalRate := flag.Int("proposals-per-second", 0, "proposals one connection may make per second; 0 means the default (100), negative means no limit")
 	redisAddr := flag.String("redis", "", "keep the share data in this Redis (host:port) instead, so several demo processes serve the same counter and board")
 	flag.Parse()
@@ -105,6 +107,7 @@ func main() {
 		ReplayBufferSize:   *replayWindow,
 		MaxBufferedBytes:   *sendBuffer,
 		ProposalsPerSecond: *proposalRate,
+		MaxConnections:     *maxConns,
 		Accept:             realtime.AcceptOptions{EnableCompression: *compress, ConnOptions: realtime.ConnOptions{ReadLimit: *readLimit}},
 		Logger:             logger,
 	}
@@ -120,11 +123,27 @@ func main() {
 		logger.Error("listen", "err", err)
 		os.Exit(1)
 	}
+	// Metrics have a listener of their own, for the monitoring network
+	// alone: on the public one, anyone could make the server work for
+	// each scrape.
+	var ms *http.Server
+	if *metricsAddr != "" {
+		mln, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			logger.Error("listen for metrics", "err", err)
+			os.Exit(1)
+		}
+		mmux := http.NewServeMux()
+		mmux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelError),
+			MaxRequestsInFlight: 2}))
+		ms = demo.NewHTTPServer(mmux)
+		fmt.Printf("metrics on http://%s/metrics\n", mln.Addr())
+		go ms.Serve(mln)
+	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelError)}))
 	mux.Handle("/", demo.Handler(srv))
 	hs := demo.NewHTTPServer(mux) // with ReadHeaderTimeout, IdleTimeout, MaxHeaderBytes
-	fmt.Printf("realtime demo: open http://%s/ (realtime endpoint ws://%s/realtime, metrics http://%s/metrics)\n", ln.Addr(), ln.Addr(), ln.Addr())
+	fmt.Printf("realtime demo: open http://%s/ (realtime endpoint ws://%s/realtime)\n", ln.Addr(), ln.Addr())
 	if *jwtSecret != "" {
 		tok := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
 			"iss": *jwtIssuer, "sub": "demo-user", "aud": realtime.AudienceShareData, "exp": time.Now().Add(time.Hour).Unix(),
@@ -145,6 +164,9 @@ func main() {
 		defer cancel()
 		srv.Shutdown(sctx)
 		hs.Shutdown(sctx)
+		if ms != nil {
+			ms.Shutdown(sctx)
+		}
 	}()
 	if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		logger.Error("serve", "err", err)

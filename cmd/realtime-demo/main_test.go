@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -20,11 +22,15 @@ import (
 
 // demoProcess is the demo binary running with a data directory.
 type demoProcess struct {
-	cmd  *exec.Cmd
-	addr string
+	cmd     *exec.Cmd
+	addr    string
+	metrics string // the metrics listener's address, with -metrics-addr
 }
 
-var listening = regexp.MustCompile(`open http://([0-9.:]+)/`)
+var (
+	listening        = regexp.MustCompile(`open http://([0-9.:]+)/`)
+	metricsListening = regexp.MustCompile(`metrics on http://([0-9.:]+)/metrics`)
+)
 
 func startDemo(t *testing.T, bin, dir string, args ...string) *demoProcess {
 	t.Helper()
@@ -39,13 +45,17 @@ func startDemo(t *testing.T, bin, dir string, args ...string) *demoProcess {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	sc := bufio.NewScanner(out)
+	metrics := ""
 	for sc.Scan() {
+		if m := metricsListening.FindStringSubmatch(sc.Text()); m != nil {
+			metrics = m[1]
+		}
 		if m := listening.FindStringSubmatch(sc.Text()); m != nil {
 			go func() {
 				for sc.Scan() {
 				}
 			}()
-			return &demoProcess{cmd: cmd, addr: m[1]}
+			return &demoProcess{cmd: cmd, addr: m[1], metrics: metrics}
 		}
 	}
 	t.Fatal("the demo ended before it listened")
@@ -177,5 +187,43 @@ func TestTwoDemosOnRedis(t *testing.T) {
 	}
 	if got, _, _ := count(t, two.addr); got != start+2 {
 		t.Fatalf("the other demo serves %v, want %v", got, start+2)
+	}
+}
+
+// TestDemoSafeSetup: what people copy from the demo is safe by default:
+// no metrics on the public listener (a scrape costs the server CPU; they
+// go to -metrics-addr), a connection limit (past it 503, before the
+// process runs out of file descriptors), and a bounded state for set.
+func TestDemoSafeSetup(t *testing.T) {
+	p := startDemo(t, buildDemo(t), t.TempDir(), "-memory", "-max-connections", "2")
+	resp, err := http.Get("http://" + p.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("/metrics on the public listener: %d, want 404", resp.StatusCode)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	url := "ws://" + p.addr + "/realtime"
+	var held []*realtime.Conn
+	for i := 0; i < 2; i++ {
+		c, _, err := realtime.Dial(ctx, url, nil)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i+1, err)
+		}
+		held = append(held, c)
+	}
+	_, resp, err = realtime.Dial(ctx, url, nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("a third connection past -max-connections 2: %v (response %v), want 503", err, resp)
+	}
+	for _, c := range held {
+		c.Close(realtime.CloseNormalClosure, "")
+	}
+	_, proposer, _ := count(t, p.addr) // connects once the server has let the two go
+	if _, err := proposer.Propose(ctx, "demo", "set", json.RawMessage(`"`+strings.Repeat("x", 5000)+`"`)); err == nil {
+		t.Fatal("set accepted a 5 KB state")
 	}
 }

@@ -31,7 +31,7 @@ import (
 // promlint, the checks of promtool check metrics.
 func TestMetricsUnderTraffic(t *testing.T) {
 	p := startDemo(t, buildDemo(t), t.TempDir(), "-memory", "-heartbeat", "300ms", "-send-buffer", "65536",
-		"-proposals-per-second", "-1") // the board is filled as fast as the proposer can
+		"-proposals-per-second", "-1", "-metrics-addr", "127.0.0.1:0") // the board is filled as fast as the proposer can
 	url := "ws://" + p.addr + "/realtime"
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -121,7 +121,7 @@ func TestMetricsUnderTraffic(t *testing.T) {
 	item := json.RawMessage(`{"text":"` + strings.Repeat("x", 200) + `"}`)
 	adds := 0
 	deadline := time.Now().Add(30 * time.Second)
-	for got := scrape(t, p.addr); got[`realtime_connections_closed_total{cause="slow_consumer",code="4001"}`] == 0; got = scrape(t, p.addr) {
+	for got := scrape(t, p.metrics); got[`realtime_connections_closed_total{cause="slow_consumer",code="4001"}`] == 0; got = scrape(t, p.metrics) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the slow consumer still open after %d board items", adds)
 		}
@@ -134,8 +134,8 @@ func TestMetricsUnderTraffic(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	// The heartbeat closes the silent client within two intervals.
-	got := scrape(t, p.addr)
-	for deadline := time.Now().Add(10 * time.Second); got[`realtime_connections_closed_total{cause="heartbeat",code="1006"}`] == 0; got = scrape(t, p.addr) {
+	got := scrape(t, p.metrics)
+	for deadline := time.Now().Add(10 * time.Second); got[`realtime_connections_closed_total{cause="heartbeat",code="1006"}`] == 0; got = scrape(t, p.metrics) {
 		if time.Now().After(deadline) {
 			t.Fatal("the heartbeat did not close the silent client")
 		}

@@ -80,8 +80,16 @@ func NewManager() *realtime.MemoryManager {
 	return m
 }
 
-// Set makes proposedData the state.
+// MaxSetBytes bounds the state set stores: a function that stores what a
+// client sends must bound it, or any client fills the log, the replay
+// window and every subscriber's screen up to the read limit.
+const MaxSetBytes = 4096
+
+// Set makes proposedData (at most MaxSetBytes) the state.
 var Set = realtime.Function{ID: "set", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) {
+	if len(p) > MaxSetBytes {
+		return nil, errors.New("proposedData must be at most 4096 bytes")
+	}
 	return p, nil
 }}
 
