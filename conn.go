@@ -20,6 +20,9 @@ const (
 	// send-buffer cap of 1 MiB, so one maximal message can never by itself
 	// trip a slow-consumer close.
 	defaultReadLimit = 64 << 10
+	// defaultInflateRatio bounds the bytes compressed messages inflate to
+	// per compressed byte received (ConnOptions.InflateRatio).
+	defaultInflateRatio = 32
 	// defaultIdleTimeout is how long a Conn waits for the next frame to
 	// arrive completely before it gives up on the peer.
 	defaultIdleTimeout = 60 * time.Second
@@ -83,6 +86,19 @@ type ConnOptions struct {
 	// 10 s. Negative means no timeout.
 	WriteTimeout time.Duration
 
+	// InflateRatio bounds what a peer's compressed messages
+	// (permessage-deflate) may inflate to: at most this many bytes per
+	// compressed byte received, on average over the connection, with a
+	// reserve of four read limits that also refills by one read limit per
+	// second. Past it the connection fails with 1008 (policy violation).
+	// A message whose compressed bytes outnumber what they inflate to by
+	// more than a sender's framing needs fails it too. Inflating costs
+	// per byte it produces, so without a bound a few bytes received could
+	// cost the CPU of a read limit each (a 79-byte message that inflates
+	// to 64 KiB). JSON compresses 3 to 20 times. Zero means 32. Negative
+	// means no limit.
+	InflateRatio int
+
 	// CloseTimeout bounds the close handshake: how long Close waits for
 	// the peer's close frame, and how long a close frame waits for
 	// another write that holds the connection. Zero means 5 s. Negative
@@ -107,6 +123,9 @@ func (o ConnOptions) withDefaults() ConnOptions {
 	}
 	if o.CloseTimeout == 0 {
 		o.CloseTimeout = defaultCloseTimeout
+	}
+	if o.InflateRatio == 0 {
+		o.InflateRatio = defaultInflateRatio
 	}
 	return o
 }
@@ -140,8 +159,9 @@ var ErrClosed = errors.New("websocket: connection closed")
 // close frames to be seen.
 type Conn struct {
 	nc          net.Conn
-	client      bool // this side is the client: it masks, the peer must not
-	deflate     bool // permessage-deflate was negotiated (deflate.go)
+	client      bool  // this side is the client: it masks, the peer must not
+	deflate     bool  // permessage-deflate was negotiated (deflate.go)
+	pongLen     uint8 // of pongBuf (under pongMu): at most 125
 	subprotocol string
 	opts        ConnOptions
 
@@ -157,6 +177,7 @@ type Conn struct {
 	idleRearm bool
 	waitErr   error // met by waitReadable, reported by the next read
 	rdl       ioDeadline
+	inflated  *inflateBudget // made at the first compressed message
 
 	// Write side. msgLock is held for a whole data message, frameLock
 	// for each frame.
@@ -174,7 +195,6 @@ type Conn struct {
 	pongPending atomic.Bool
 	pingPending atomic.Bool
 	pongs       atomic.Uint64 // pongs received
-	pongLen     int
 	pongBuf     [maxControlPayload]byte
 
 	// Close state.

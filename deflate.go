@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // This file is permessage-deflate (RFC 7692): the negotiation of its
@@ -379,9 +380,10 @@ var inflaters sync.Pool
 var errInflatedTooBig = errors.New("inflated message exceeds the read limit")
 
 // inflate appends the inflation of the compressed message z to buf. With
-// limit > 0, buf never grows past limit bytes: a message that would
-// inflate to more returns errInflatedTooBig as soon as it passes, having
-// allocated no more than limit. Corrupt data returns the flate error.
+// limit > 0, no more than limit bytes are inflated (whatever buf's
+// capacity) and buf grows by no more than that: a message that would
+// inflate to more returns errInflatedTooBig as soon as it passes. Corrupt
+// data returns the flate error.
 func inflate(buf, z []byte, limit int64) ([]byte, error) {
 	inf, _ := inflaters.Get().(*inflater)
 	if inf == nil {
@@ -396,29 +398,36 @@ func inflate(buf, z []byte, limit int64) ([]byte, error) {
 		inf.src = inflateSource{}
 		inflaters.Put(inf)
 	}()
+	base := int64(len(buf)) // the limit is on the bytes inflated, after what buf held
 	for {
-		if len(buf) == cap(buf) {
-			if limit > 0 && int64(len(buf)) >= limit {
-				// Full to the limit: any byte more is one too many.
-				var one [1]byte
-				n, err := io.ReadFull(inf.fr, one[:])
-				if n > 0 {
-					return buf, errInflatedTooBig
-				}
-				if err == io.EOF {
-					return buf, nil
-				}
-				return buf, err
+		if limit > 0 && int64(len(buf))-base >= limit {
+			// Full to the limit: any byte more is one too many.
+			var one [1]byte
+			n, err := io.ReadFull(inf.fr, one[:])
+			if n > 0 {
+				return buf, errInflatedTooBig
 			}
+			if err == io.EOF {
+				return buf, nil
+			}
+			return buf, err
+		}
+		if len(buf) == cap(buf) {
 			grow := max(len(buf), 512)
-			if limit > 0 && int64(grow) > limit-int64(len(buf)) { // len(buf) < limit: cannot overflow
-				grow = int(limit - int64(len(buf)))
+			if limit > 0 && int64(grow) > limit-(int64(len(buf))-base) { // below the limit: cannot overflow
+				grow = int(limit - (int64(len(buf)) - base))
 			}
 			nb := make([]byte, len(buf), len(buf)+grow)
 			copy(nb, buf)
 			buf = nb
 		}
-		n, err := inf.fr.Read(buf[len(buf):cap(buf)])
+		// Never more than the limit, also into a buffer reused with a
+		// larger capacity.
+		room := buf[len(buf):cap(buf)]
+		if limit > 0 && int64(len(room)) > limit-(int64(len(buf))-base) {
+			room = room[:limit-(int64(len(buf))-base)]
+		}
+		n, err := inf.fr.Read(room)
 		buf = buf[:len(buf)+n]
 		if err == io.EOF {
 			return buf, nil
@@ -428,3 +437,48 @@ func inflate(buf, z []byte, limit int64) ([]byte, error) {
 		}
 	}
 }
+
+// inflateBudget is what a connection's compressed messages may still
+// inflate to (ConnOptions.InflateRatio): credit earned by the compressed
+// bytes received and by time, spent by the bytes inflated.
+type inflateBudget struct {
+	credit int64 // bytes
+	last   int64 // stamp() of the last refill
+}
+
+// inflateReserve is the most credit a connection holds: four read
+// limits (1 MiB when there is no read limit).
+func inflateReserve(readLimit int64) int64 {
+	if readLimit <= 0 || readLimit > 1<<40 {
+		return 4 << 20
+	}
+	return 4 * readLimit
+}
+
+// allow refills the budget for a compressed message of n bytes received
+// at the stamp now and returns what it may inflate to. It starts full; it
+// refills by ratio bytes per byte received and by a read limit per second.
+func (b *inflateBudget) allow(n int, now int64, ratio int, readLimit int64) int64 {
+	reserve := inflateReserve(readLimit)
+	if b.last == 0 {
+		b.credit = reserve
+	} else if now > b.last {
+		perSec := reserve / 4
+		if el := now - b.last; el >= int64(time.Second) {
+			b.credit = reserve
+		} else {
+			b.credit += perSec * el / int64(time.Second) // el < 1 s: cannot overflow for reserves below 2^33
+		}
+	}
+	b.last = now
+	if int64(n) > reserve/int64(ratio) { // a message this large earns at least the reserve
+		b.credit = reserve
+	} else {
+		b.credit = min(reserve, b.credit+int64(n)*int64(ratio))
+	}
+	return b.credit
+}
+
+// errInflatedTooMuch reports a message that inflates past the
+// connection's inflate budget.
+var errInflatedTooMuch = errors.New("compressed messages inflate to too much")

@@ -54,6 +54,11 @@ func FuzzReadFrames(f *testing.F) {
 	f.Add(byte(2), frame(fPing|rsv1Bit, true, nil))
 	f.Add(byte(2), append(frame(byte(opText)|rsv1Bit, true, z[:4]), frame(fCont|rsv1Bit, true, z[4:])...))
 	f.Add(byte(3), frame(fText|rsv1Bit, false, z))
+	// The inflate attacks: blocks that inflate to nothing, a message that
+	// inflates 800 times its size, the blocks padded with output.
+	f.Add(byte(2), frame(fText|rsv1Bit, true, emptyBlocksMessage(100)))
+	f.Add(byte(2), frame(fText|rsv1Bit, true, compressMessage(bytes.Repeat([]byte("a"), 2*fuzzReadLimit))))
+	f.Add(byte(2), frame(fBinary|rsv1Bit, true, blocksWithOutputMessage()[:300]))
 	f.Fuzz(func(t *testing.T, mode byte, data []byte) {
 		client := mode&1 == 1
 		nc := &memConn{r: bytes.NewReader(data), w: io.Discard}

@@ -121,7 +121,7 @@ func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 		}
 		if h.fin {
 			if compressed {
-				buf, err = c.inflateMessage(buf, z, typ)
+				buf, err = c.inflateMessage(buf, z, typ, frames)
 				if zp != nil {
 					putWriteBuf(zp, z)
 				}
@@ -138,12 +138,31 @@ func (c *Conn) readMessage(buf []byte) (MessageType, []byte, error) {
 }
 
 // inflateMessage appends the inflation of a compressed message's payload
-// z to buf, checking it against the read limit as it inflates (a small
-// frame that would inflate past it fails the connection with 1009 without
-// allocating past it) and, for text, validating its UTF-8.
-func (c *Conn) inflateMessage(buf, z []byte, typ MessageType) ([]byte, error) {
-	buf, err := inflate(buf, z, c.opts.ReadLimit)
+// z, received in frames frames, to buf, checking it against the read limit
+// and the connection's inflate budget as it inflates (a small frame that
+// would inflate past either fails the connection, with 1009 or 1008,
+// without inflating or allocating past it) and, for text, validating its
+// UTF-8.
+func (c *Conn) inflateMessage(buf, z []byte, typ MessageType, frames int) ([]byte, error) {
+	limit := c.opts.ReadLimit
+	budgeted := false
+	if ratio := c.opts.InflateRatio; ratio > 0 {
+		if c.inflated == nil {
+			c.inflated = &inflateBudget{}
+		}
+		if credit := c.inflated.allow(len(z), stamp(), ratio, limit); limit <= 0 || credit < limit {
+			limit, budgeted = credit, true
+		}
+	}
+	start := len(buf)
+	buf, err := inflate(buf, z, limit)
+	if c.inflated != nil {
+		c.inflated.credit -= int64(len(buf) - start)
+	}
 	switch {
+	case errors.Is(err, errInflatedTooBig) && budgeted:
+		return buf, c.fail(&CloseError{Code: ClosePolicyViolation,
+			Reason: "compressed messages inflate to more than " + strconv.Itoa(c.opts.InflateRatio) + " bytes per byte received"})
 	case errors.Is(err, errInflatedTooBig):
 		return buf, c.fail(&CloseError{Code: CloseMessageTooBig,
 			Reason: "message inflates past the read limit of " + strconv.FormatInt(c.opts.ReadLimit, 10) + " bytes"})
@@ -152,7 +171,14 @@ func (c *Conn) inflateMessage(buf, z []byte, typ MessageType) ([]byte, error) {
 		// peer: the reason is fixed.
 		return buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "invalid compressed data"})
 	}
-	if typ == MessageText && !c.utf8.write(buf) {
+	// A deflate stream may take more bytes than it produces (a stored
+	// block's header, a flush marker per frame, a tiny message), but
+	// never many more: blocks that produce nothing cost their decoding
+	// (a table build each) and are refused.
+	if c.opts.InflateRatio > 0 && len(z) > len(buf)-start+64+8*frames {
+		return buf, c.fail(&CloseError{Code: ClosePolicyViolation, Reason: "compressed data larger than what it inflates to"})
+	}
+	if typ == MessageText && !c.utf8.write(buf[start:]) {
 		return buf, c.fail(&CloseError{Code: CloseInvalidPayload, Reason: "invalid UTF-8 in text message"})
 	}
 	return buf, nil

@@ -358,7 +358,7 @@ func (c *Conn) releaseFrame() {
 // allows.
 func (c *Conn) queuePong(p []byte) {
 	c.pongMu.Lock()
-	c.pongLen = copy(c.pongBuf[:], p)
+	c.pongLen = uint8(copy(c.pongBuf[:], p)) // a control payload: at most 125 bytes
 	c.pongPending.Store(true)
 	c.pongMu.Unlock()
 	if c.frameLock.tryLock() {
