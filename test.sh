@@ -120,6 +120,14 @@ total_fail=$((total_fail + js_fail))
 echo "=== allocation checks (no -race)"
 run "allocation checks" "$logs/allocs.log" go test -count=1 -v -run 'Allocs' . ./promrt
 
+# Each fuzz target runs a few seconds, so that an invariant that no longer
+# holds is caught the day it breaks (run them for minutes after touching
+# a decoder: go test -run=NONE -fuzz=^FuzzReadFrames$ -fuzztime=10m .).
+echo "=== fuzz targets (5 s each)"
+for target in FuzzReadFrames FuzzDecodeClientMessage FuzzDecodeServerMessage; do
+	run "fuzz $target" "$logs/fuzz-$target.log" go test -v -run=NONE -fuzz="^$target\$" -fuzztime=5s -parallel=2 .
+done
+
 echo "=== what the run left behind"
 leftover=$(comm -13 <(echo "$leftover_before") <(children) | grep . || true)
 if [ -n "$leftover" ]; then
