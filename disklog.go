@@ -53,8 +53,9 @@ type diskRecord struct {
 	Last     string          `json:"last,omitempty"`
 	Window   []diskTx        `json:"window,omitempty"`
 	Count    int             `json:"count,omitempty"`
-	Key      string          `json:"key,omitempty"` // a keyed proposal's idempotency key
-	At       int64           `json:"at,omitempty"`  // when a keyed transaction was applied, Unix ns
+	Key      string          `json:"key,omitempty"`      // a keyed proposal's idempotency key
+	At       int64           `json:"at,omitempty"`       // when a keyed transaction was applied, Unix ns
+	Proposer string          `json:"proposer,omitempty"` // a keyed proposal's proposer (WithProposer)
 }
 
 // diskTx is one transaction of a snapshot's replay window.
@@ -65,6 +66,7 @@ type diskTx struct {
 	Proposed json.RawMessage `json:"proposed"`
 	Key      string          `json:"key,omitempty"`
 	At       int64           `json:"at,omitempty"`
+	Proposer string          `json:"proposer,omitempty"`
 }
 
 // appendDiskRecord appends r, framed, to dst.
@@ -139,6 +141,7 @@ func (r *diskRecord) appendJSON(dst []byte) ([]byte, error) {
 			if w.At != 0 {
 				dst = strconv.AppendInt(append(dst, `,"at":`...), w.At, 10)
 			}
+			dst = appendOptString(dst, "proposer", w.Proposer)
 			dst = append(dst, '}')
 		}
 		dst = append(dst, ']')
@@ -150,6 +153,7 @@ func (r *diskRecord) appendJSON(dst []byte) ([]byte, error) {
 	if r.At != 0 {
 		dst = strconv.AppendInt(append(dst, `,"at":`...), r.At, 10)
 	}
+	dst = appendOptString(dst, "proposer", r.Proposer)
 	return append(dst, '}'), nil
 }
 

@@ -187,7 +187,7 @@ type diskItem struct {
 	hVersion uint64
 	hRemoved bool
 	fns      map[string]Function
-	hKeys    *keyWindow // keyed proposals' outcomes, rebuilt from the window at open
+	hKeys    *keyWindows // keyed proposals' outcomes per proposer, rebuilt from the window at open
 
 	smu     sync.Mutex // guards the committed fields; held while listeners run
 	live    bool       // created on disk and not removed
@@ -205,6 +205,7 @@ type windowEntry struct {
 	msg          []byte // the replayed frame's payload, once a replay encoded it
 	key          string // the proposal's idempotency key, if it had one
 	at           int64  // when a keyed transaction was applied, Unix ns
+	proposer     string // the keyed proposal's proposer (WithProposer)
 }
 
 // diskPending is one record waiting for the committer: commit applies it
@@ -386,7 +387,7 @@ func (m *DiskManager) loadSnapshot(path string) error {
 			it := &diskItem{fns: make(map[string]Function), live: true}
 			it.state, it.last, it.version = r.State, r.Last, r.V
 			for _, w := range r.Window {
-				it.window = append(it.window, windowEntry{id: w.ID, prev: w.Prev, fn: w.Fn, proposed: w.Proposed, key: w.Key, at: w.At})
+				it.window = append(it.window, windowEntry{id: w.ID, prev: w.Prev, fn: w.Fn, proposed: w.Proposed, key: w.Key, at: w.At, proposer: w.Proposer})
 			}
 			it.syncHead()
 			m.items[r.ID] = it
@@ -432,7 +433,7 @@ func (m *DiskManager) replayRecord(r *diskRecord) string {
 			return "transaction " + quoteForError(r.Tx) + " does not follow " + quoteForError(it.last)
 		}
 		it.state, it.last = r.State, r.Tx
-		m.pushWindow(it, windowEntry{id: r.Tx, prev: r.Prev, fn: r.Fn, proposed: r.Proposed, key: r.Key, at: r.At})
+		m.pushWindow(it, windowEntry{id: r.Tx, prev: r.Prev, fn: r.Fn, proposed: r.Proposed, key: r.Key, at: r.At, proposer: r.Proposer})
 	case "update":
 		it.state = r.State
 	case "remove":
@@ -698,7 +699,7 @@ func (m *DiskManager) writeSnapshot(gen uint64, items []capturedItem) error {
 		for _, it := range items {
 			r := diskRecord{Op: "item", ID: it.id, V: it.version, State: it.state, Last: it.last}
 			for _, e := range it.window {
-				r.Window = append(r.Window, diskTx{ID: e.id, Prev: e.prev, Fn: e.fn, Proposed: e.proposed, Key: e.key, At: e.at})
+				r.Window = append(r.Window, diskTx{ID: e.id, Prev: e.prev, Fn: e.fn, Proposed: e.proposed, Key: e.key, At: e.at, Proposer: e.proposer})
 			}
 			if buf, err = appendDiskRecord(buf[:0], &r); err != nil {
 				return err
@@ -975,7 +976,7 @@ func (m *DiskManager) Apply(ctx context.Context, shareDataID string, fn Function
 		it.hmu.Unlock()
 		return nil, err
 	}
-	return m.applyHead(it, shareDataID, fn, proposed, next, nil)
+	return m.applyHead(it, shareDataID, fn, proposed, next, nil, nil, "")
 }
 
 // ApplyKeyed implements KeyedApplier. The key is written with its
@@ -992,11 +993,12 @@ func (m *DiskManager) ApplyKeyed(ctx context.Context, shareDataID string, fn Fun
 		return nil, err
 	}
 	if it.hKeys == nil {
-		it.hKeys = newKeyWindow()
+		it.hKeys = newKeyWindows()
 	}
 	now := time.Now()
+	proposer := ProposerFromContext(ctx)
 	for {
-		e := it.hKeys.lookup(key, now)
+		e := it.hKeys.window(proposer, now).lookup(key, now)
 		if e == nil {
 			break
 		}
@@ -1013,26 +1015,27 @@ func (m *DiskManager) ApplyKeyed(ctx context.Context, shareDataID string, fn Fun
 		if e.err != nil {
 			// Its write failed: nothing was applied, so this one is
 			// applied as a first send.
-			it.hKeys.drop(e)
+			it.hKeys.window(proposer, now).drop(e)
 			break
 		}
 		it.hmu.Unlock()
 		return e.remembered(shareDataID)
 	}
-	if retry && it.hKeys.unsure(now) {
+	w := it.hKeys.window(proposer, now)
+	if retry && w.unsure(now) {
 		it.hmu.Unlock()
 		return nil, ErrOutcomeUnknown
 	}
 	next, err := runFunction(ctx, fn, it.hState, proposed)
 	if err != nil {
 		if refusalToRemember(err) {
-			it.hKeys.add(&keyEntry{key: key, refusal: err.Error(), at: now})
+			w.add(&keyEntry{key: key, refusal: err.Error(), at: now})
 		}
 		it.hmu.Unlock()
 		return nil, err
 	}
 	e := &keyEntry{key: key, at: now, durable: make(chan struct{})}
-	tx, err := m.applyHead(it, shareDataID, fn, proposed, next, e)
+	tx, err := m.applyHead(it, shareDataID, fn, proposed, next, e, w, proposer)
 	e.err = err
 	close(e.durable)
 	return tx, err
@@ -1053,14 +1056,14 @@ func (m *DiskManager) lockProposal(shareDataID string, fn Function, proposed jso
 // caller holds (applyHead releases it), and returns once it is on disk.
 // With e, it is a keyed proposal's: e is remembered as the head moves, so
 // a repeat finds it at once (and waits for e.durable).
-func (m *DiskManager) applyHead(it *diskItem, shareDataID string, fn Function, proposed, next json.RawMessage, e *keyEntry) (*Transaction, error) {
+func (m *DiskManager) applyHead(it *diskItem, shareDataID string, fn Function, proposed, next json.RawMessage, e *keyEntry, w *keyWindow, proposer string) (*Transaction, error) {
 	tx := &Transaction{ShareDataID: shareDataID, ID: m.newID(), PreviousID: it.hLast, FunctionID: fn.ID, ProposedData: proposed, State: next}
 	// Every transaction keeps its time, so that after a restart the key
 	// window knows how young the oldest transaction it still has is.
 	rec := &diskRecord{Op: "tx", ID: shareDataID, Tx: tx.ID, Prev: tx.PreviousID, Fn: fn.ID, Proposed: proposed, State: next, At: time.Now().UnixNano()}
 	if e != nil {
 		e.txID, tx.IdempotencyKey = tx.ID, e.key
-		rec.Key, rec.At = e.key, e.at.UnixNano()
+		rec.Key, rec.At, rec.Proposer = e.key, e.at.UnixNano(), proposer
 	}
 	v := it.hVersion + 1
 	rec.V = v
@@ -1068,12 +1071,12 @@ func (m *DiskManager) applyHead(it *diskItem, shareDataID string, fn Function, p
 		func() {
 			it.hState, it.hLast, it.hVersion = next, tx.ID, v
 			if e != nil {
-				it.hKeys.add(e)
+				w.add(e)
 			}
 		},
 		func() {
 			it.state, it.last, it.version = tx.State, tx.ID, v
-			m.pushWindow(it, windowEntry{id: tx.ID, prev: tx.PreviousID, fn: tx.FunctionID, proposed: tx.ProposedData, key: rec.Key, at: rec.At})
+			m.pushWindow(it, windowEntry{id: tx.ID, prev: tx.PreviousID, fn: tx.FunctionID, proposed: tx.ProposedData, key: rec.Key, at: rec.At, proposer: rec.Proposer})
 			m.listeners.notify(Event{Kind: EventTransaction, ShareDataID: shareDataID, Version: v, Transaction: tx})
 		})
 	if err != nil {

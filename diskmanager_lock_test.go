@@ -201,9 +201,9 @@ func TestDiskManagerKeepsStateBytes(t *testing.T) {
 // window, reads back as it was written.
 func TestDiskRecordEncoding(t *testing.T) {
 	for _, r := range []diskRecord{
-		{Op: "tx", ID: "d<\"\n", V: 7, Tx: "t7", Prev: "t6", Fn: "set&", Proposed: json.RawMessage(`{"a":"<>"}`), State: json.RawMessage(`[1,"é"]`), Key: "k", At: 123},
+		{Op: "tx", ID: "d<\"\n", V: 7, Tx: "t7", Prev: "t6", Fn: "set&", Proposed: json.RawMessage(`{"a":"<>"}`), State: json.RawMessage(`[1,"é"]`), Key: "k", At: 123, Proposer: "alice"},
 		{Op: "item", ID: "d", V: 2, State: json.RawMessage(`null`), Last: "t2", Window: []diskTx{
-			{ID: "t1", Fn: "f", Proposed: json.RawMessage(`1`), Key: "k1", At: 5}, {ID: "t2", Prev: "t1", Proposed: nil}}},
+			{ID: "t1", Fn: "f", Proposed: json.RawMessage(`1`), Key: "k1", At: 5, Proposer: "bob"}, {ID: "t2", Prev: "t1", Proposed: nil}}},
 		{Op: "end", Count: 3},
 		{Op: "remove", ID: "x", V: 9},
 	} {

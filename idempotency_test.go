@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"net/http/httptest"
 	"runtime"
 	"strings"
@@ -64,7 +66,7 @@ func TestKeyedProposalsOnTheWire(t *testing.T) {
 	// age, so a retry of an unknown key cannot be told from theirs.
 	it, _ := rs.mgr.item("doc")
 	it.mu.Lock()
-	it.keys.max = 2
+	it.keys.window("", time.Now()).max = 2 // the anonymous proposer's: no ProposerID
 	it.mu.Unlock()
 	for i, k := range []string{"k-3", "k-4"} {
 		if r := propose("increment", k, false, string(rune('a'+i)), true); !r.Accepted {
@@ -376,5 +378,66 @@ func TestDiskKeysSurviveRestart(t *testing.T) {
 	none.AddFunction("doc", inc)
 	if _, err := none.ApplyKeyed(ctx, "doc", inc, json.RawMessage(`{"by":1}`), "k-1", true); !errors.Is(err, ErrOutcomeUnknown) {
 		t.Fatalf("no window: a retry of a key applied before the restart: %v, want ErrOutcomeUnknown", err)
+	}
+}
+
+// TestProposerFloodKeepsOthersKeys: one proposer that floods an item with
+// keyed proposals its function refuses (nothing written, nothing
+// broadcast) pushes out only its own keys: another proposer's retry is
+// still answered with its first outcome, from a new connection, while
+// the flooder's own oldest key is now unknown. The honest proposer's own
+// 1,100 later proposals (a busy item) do not push its first key out
+// either: at the rates a server allows, age decides, not count.
+func TestProposerFloodKeepsOthersKeys(t *testing.T) {
+	rs := newRTServer(t, &ServerOptions{
+		Authenticate:       func(r *http.Request) (any, error) { return r.Header.Get("X-User"), nil },
+		ProposerID:         func(auth any) string { return auth.(string) },
+		ProposalsPerSecond: -1, // the flood as fast as it can be sent; TestProposalRate bounds it
+	})
+	no := Function{ID: "no", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) {
+		return nil, errors.New("refused")
+	}}
+	if err := rs.mgr.AddFunction("doc", no); err != nil {
+		t.Fatal(err)
+	}
+	user := func(name string) http.Header { return http.Header{"X-User": {name}} }
+	propose := func(c *testClient, fn, key string, retry bool) *ProposalResultMessage {
+		t.Helper()
+		c.send(&ProposeMessage{ShareDataID: "doc", FunctionID: fn, ProposedData: json.RawMessage(`{"by":1}`),
+			CorrelationID: key, IdempotencyKey: key, Retry: retry})
+		return nextAs[*ProposalResultMessage](c)
+	}
+	honest := dialRT(t, rs.url, user("honest"))
+	first := propose(honest, "increment", "h-1", false)
+	if !first.Accepted {
+		t.Fatal(first.Error)
+	}
+	for i := 0; i < 1100; i++ {
+		if r := propose(honest, "increment", fmt.Sprint("h-busy-", i), false); !r.Accepted {
+			t.Fatal(r.Error)
+		}
+	}
+
+	mallory := dialRT(t, rs.url, user("mallory"))
+	flood := KeyWindowSize + 100
+	for i := 0; i < flood; i++ {
+		mallory.send(&ProposeMessage{ShareDataID: "doc", FunctionID: "no", ProposedData: json.RawMessage(`1`),
+			CorrelationID: "f", IdempotencyKey: fmt.Sprint("m-", i)})
+	}
+	for i := 0; i < flood; i++ {
+		if r := nextAs[*ProposalResultMessage](mallory); r.Accepted || r.Error != "refused" {
+			t.Fatalf("flood proposal %d: %+v", i, r)
+		}
+	}
+
+	again := dialRT(t, rs.url, user("honest")) // the honest client reconnected
+	if r := propose(again, "increment", "h-1", true); !r.Accepted || r.TransactionID != first.TransactionID {
+		t.Fatalf("the honest retry after another proposer's flood: %+v, want transaction %s", r, first.TransactionID)
+	}
+	if r := propose(mallory, "no", "m-0", true); r.Accepted || r.Code != CodeOutcomeUnknown {
+		t.Fatalf("the flooder's own oldest key: %+v, want outcome-unknown", r)
+	}
+	if snap, _ := rs.mgr.Snapshot(context.Background(), "doc"); string(snap.State) != `{"count":1101}` {
+		t.Fatalf("state %s", snap.State)
 	}
 }

@@ -219,7 +219,7 @@ type memItem struct {
 	last    string
 	version uint64
 	fns     map[string]Function
-	keys    *keyWindow // made at the first keyed proposal
+	keys    *keyWindows // made at the first keyed proposal
 }
 
 // NewMemoryManager returns an empty manager.
@@ -350,21 +350,22 @@ func (m *MemoryManager) ApplyKeyed(ctx context.Context, shareDataID string, fn F
 	}
 	defer it.mu.Unlock()
 	if it.keys == nil {
-		it.keys = newKeyWindow()
+		it.keys = newKeyWindows()
 	}
 	now := time.Now()
-	if e := it.keys.lookup(key, now); e != nil {
+	w := it.keys.window(ProposerFromContext(ctx), now)
+	if e := w.lookup(key, now); e != nil {
 		return e.remembered(shareDataID)
 	}
-	if retry && it.keys.unsure(now) {
+	if retry && w.unsure(now) {
 		return nil, ErrOutcomeUnknown
 	}
 	tx, err := m.applyLocked(ctx, it, shareDataID, fn, proposed, key)
 	switch {
 	case err == nil:
-		it.keys.add(&keyEntry{key: key, txID: tx.ID, at: now})
+		w.add(&keyEntry{key: key, txID: tx.ID, at: now})
 	case refusalToRemember(err):
-		it.keys.add(&keyEntry{key: key, refusal: err.Error(), at: now})
+		w.add(&keyEntry{key: key, refusal: err.Error(), at: now})
 	}
 	return tx, err
 }

@@ -111,6 +111,16 @@ type ServerOptions struct {
 	// A replay that starts is sent whole; its bytes delay the next. Zero
 	// means 16 MiB. Negative means no limit.
 	ReplayBytesPerMinute int
+	// ProposerID names the proposer of a connection's proposals, from its
+	// authentication value (what Authenticate returned): keyed proposals'
+	// outcomes are remembered per share data item and per proposer, so a
+	// proposer that floods an item pushes out only its own keys, never
+	// another's, and two proposers never share a key (see WithProposer).
+	// Return the same id for every connection of one user, so a retry
+	// from a new connection finds its key. Nil means the JWT bridge's
+	// issuer and subject for a *Claims, else "" for every connection: all
+	// anonymous proposers share one window.
+	ProposerID func(auth any) string
 	// ProposalsPerSecond bounds the proposals of one connection, per
 	// second on average, with a burst of as many. A proposal past it is
 	// answered accepted: false with code "rate-limited", before any
@@ -533,17 +543,30 @@ func (s *Server) removeSession(sess *session) {
 // a key and the manager is a KeyedApplier. A retried keyed proposal on a
 // manager that is not is answered ErrOutcomeUnknown rather than risk a
 // second application.
-func (s *Server) apply(ctx context.Context, m *ProposeMessage, fn Function) (*Transaction, error) {
+func (s *Server) apply(ctx context.Context, m *ProposeMessage, fn Function, auth any) (*Transaction, error) {
 	if m.IdempotencyKey == "" {
 		return s.manager.Apply(ctx, m.ShareDataID, fn, m.ProposedData)
 	}
 	if ka, ok := s.manager.(KeyedApplier); ok {
+		ctx = WithProposer(ctx, s.proposerOf(auth))
 		return ka.ApplyKeyed(ctx, m.ShareDataID, fn, m.ProposedData, m.IdempotencyKey, m.Retry)
 	}
 	if m.Retry {
 		return nil, ErrOutcomeUnknown
 	}
 	return s.manager.Apply(ctx, m.ShareDataID, fn, m.ProposedData)
+}
+
+// proposerOf names the proposer whose keys a connection with auth uses
+// (ServerOptions.ProposerID).
+func (s *Server) proposerOf(auth any) string {
+	if f := s.opts.ProposerID; f != nil {
+		return f(auth)
+	}
+	if c, ok := auth.(*Claims); ok && c != nil && c.Subject != "" {
+		return c.Issuer + "\x00" + c.Subject
+	}
+	return ""
 }
 
 // subscribed counts a subscribe's outcome for the observer.

@@ -504,7 +504,7 @@ func (s *session) propose(m *ProposeMessage) {
 		reject(ProposalUnresolved, peerText(err))
 		return
 	}
-	tx, err := srv.apply(s.ctx, m, fn)
+	tx, err := srv.apply(s.ctx, m, fn, s.auth)
 	switch {
 	case errors.Is(err, ErrOutcomeUnknown):
 		reject(ProposalOutcomeUnknown, peerText(err))

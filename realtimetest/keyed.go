@@ -27,7 +27,8 @@ func applyKeyed(t *testing.T, m keyed, fn realtime.Function, key string, retry b
 // testKeyed: a key applies once however often and however concurrently it
 // is proposed, a repeat returns the first transaction's id (or the first
 // refusal's text, without running the function again), the transaction
-// and its event carry the key, and a retry of a key never seen is applied.
+// and its event carry the key, a retry of a key never seen is applied, and
+// keys are per proposer (realtime.WithProposer).
 func testKeyed(t *testing.T, m keyed) {
 	mustCreate(t, m, "doc", `{"n":0}`)
 	rec := listen(t, m)
@@ -80,10 +81,20 @@ func testKeyed(t *testing.T, m keyed) {
 	if _, err := applyKeyed(t, m, Increment, "k-never-seen", true); err != nil {
 		t.Errorf("a retry of a key never seen, nothing forgotten: %v", err)
 	}
-	// k-1, k-race and k-never-seen: three increments.
-	rec.wait(t, "doc", 3)
-	if s := snapshot(t, m, "doc"); string(s.State) != `{"n":3}` {
-		t.Errorf("state %s after three keys, each proposed several times", s.State)
+	// Keys are per proposer: another proposer's k-1 is a key of its own,
+	// applied, and then answered with its own transaction.
+	other := realtime.WithProposer(t.Context(), "other")
+	otx, err := m.ApplyKeyed(other, "doc", Increment, json.RawMessage(`{"by":1}`), "k-1", false)
+	if err != nil || otx.ID == first.ID {
+		t.Errorf("another proposer's k-1: %+v, %v; want a transaction of its own", otx, err)
+	} else if again, err := m.ApplyKeyed(other, "doc", Increment, json.RawMessage(`{"by":1}`), "k-1", true); err != nil || again.ID != otx.ID {
+		t.Errorf("another proposer's retry of its k-1: %+v, %v; want %s", again, err, otx.ID)
+	}
+	// k-1 (twice: two proposers), k-race and k-never-seen: four
+	// increments.
+	rec.wait(t, "doc", 4)
+	if s := snapshot(t, m, "doc"); string(s.State) != `{"n":4}` {
+		t.Errorf("state %s after four keys, each proposed several times", s.State)
 	}
 }
 
@@ -95,6 +106,11 @@ func testKeyedReopen(t *testing.T, m keyed, reopen func(t *testing.T, m Manager)
 	if err != nil {
 		t.Fatal(err)
 	}
+	other := realtime.WithProposer(t.Context(), "other")
+	otherFirst, err := m.ApplyKeyed(other, "doc", Increment, json.RawMessage(`{"by":1}`), "k-1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	m2, ok := reopen(t, m).(keyed)
 	if !ok {
 		t.Fatal("the reopened manager is not a KeyedApplier")
@@ -103,7 +119,11 @@ func testKeyedReopen(t *testing.T, m keyed, reopen func(t *testing.T, m Manager)
 	if err != nil || again.ID != first.ID {
 		t.Fatalf("after reopen: %+v, %v; want transaction %s", again, err, first.ID)
 	}
-	if s := snapshot(t, m2, "doc"); string(s.State) != `{"n":1}` {
-		t.Errorf("state %s: the key was applied again after the reopen", s.State)
+	// The proposer is remembered with the key.
+	if again, err := m2.ApplyKeyed(other, "doc", Increment, json.RawMessage(`{"by":1}`), "k-1", true); err != nil || again.ID != otherFirst.ID {
+		t.Fatalf("another proposer's key after reopen: %+v, %v; want transaction %s", again, err, otherFirst.ID)
+	}
+	if s := snapshot(t, m2, "doc"); string(s.State) != `{"n":2}` {
+		t.Errorf("state %s: a key was applied again after the reopen", s.State)
 	}
 }

@@ -79,6 +79,12 @@ func TestKeyedApplyAcrossInstances(t *testing.T) {
 		t.Fatalf("the retry through the other instance: %v, want the recorded refusal", err)
 	}
 
+	// Another proposer's key, remembered before the flood below.
+	honest := realtime.WithProposer(ctx, "honest")
+	htx, err := a.ApplyKeyed(honest, "doc", increment, json.RawMessage(`{"by":1}`), "h-1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := 0; i < realtime.KeyWindowSize+1; i++ { // push k-0 out, young
 		if _, err := a.ApplyKeyed(ctx, "doc", increment, json.RawMessage(`{"by":1}`), fmt.Sprint("fill-", i), false); err != nil {
 			t.Fatal(err)
@@ -87,7 +93,7 @@ func TestKeyedApplyAcrossInstances(t *testing.T) {
 	// What a full window costs in Redis, per key (the outcome hash and the
 	// time index; keys of 6-9 characters here, 22 from the clients).
 	var mem int64
-	for _, k := range []string{a.keysKey("doc"), a.keyTimesKey("doc")} {
+	for _, k := range []string{a.keysKey("doc", ""), a.keyTimesKey("doc", "")} {
 		n, err := a.rdb.MemoryUsage(ctx, k).Result()
 		if err != nil {
 			t.Fatal(err)
@@ -98,10 +104,15 @@ func TestKeyedApplyAcrossInstances(t *testing.T) {
 	if _, err := b.ApplyKeyed(ctx, "doc", increment, json.RawMessage(`{"by":1}`), "k-0", true); !errors.Is(err, realtime.ErrOutcomeUnknown) {
 		t.Fatalf("a retry of a key pushed out: %v, want ErrOutcomeUnknown", err)
 	}
+	// The flood pushed out only the anonymous proposer's keys: the honest
+	// one's retry, through the other instance, gets its first outcome.
+	if tx, err := b.ApplyKeyed(honest, "doc", increment, json.RawMessage(`{"by":1}`), "h-1", true); err != nil || tx.ID != htx.ID {
+		t.Fatalf("the honest proposer's retry after another's flood: %v, %v; want transaction %s", tx, err, htx.ID)
+	}
 	if _, err := b.ApplyKeyed(ctx, "doc", increment, json.RawMessage(`{"by":1}`), "k-fresh", false); err != nil {
 		t.Fatalf("a first send: %v", err)
 	}
-	if snap, _ := a.Snapshot(ctx, "doc"); string(snap.State) != `{"count":`+strconv.Itoa(40+realtime.KeyWindowSize+2)+`}` {
+	if snap, _ := a.Snapshot(ctx, "doc"); string(snap.State) != `{"count":`+strconv.Itoa(40+realtime.KeyWindowSize+3)+`}` {
 		t.Fatalf("state %s", snap.State)
 	}
 }

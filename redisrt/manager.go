@@ -113,10 +113,22 @@ func (m *Manager) channel() string            { return m.opts.Prefix + ":events"
 func (m *Manager) itemKey(id string) string   { return m.opts.Prefix + ":item:" + id }
 func (m *Manager) replayKey(id string) string { return m.store.key(id) }
 
-// keysKey and keyTimesKey hold an item's window of idempotency keys: their
-// outcomes and the times they were recorded.
-func (m *Manager) keysKey(id string) string     { return m.opts.Prefix + ":keys:" + id }
-func (m *Manager) keyTimesKey(id string) string { return m.opts.Prefix + ":keyt:" + id }
+// keysKey and keyTimesKey hold one proposer's window of idempotency keys
+// on an item (realtime.ProposerFromContext): their outcomes and the times
+// they were recorded. The id's length keeps the names of two (id,
+// proposer) pairs apart. Each expires KeyWindowAge after its proposer's
+// last keyed proposal, so the windows of proposers gone quiet, or of a
+// removed item, leave Redis by themselves.
+func (m *Manager) keysKey(id, proposer string) string {
+	return m.opts.Prefix + ":keys:" + strconv.Itoa(len(id)) + ":" + id + ":" + proposer
+}
+func (m *Manager) keyTimesKey(id, proposer string) string {
+	return m.opts.Prefix + ":keyt:" + strconv.Itoa(len(id)) + ":" + id + ":" + proposer
+}
+
+// lostField is the field of the item's hash that keeps when a key of
+// proposer last left its window before its age.
+func lostField(proposer string) string { return "lost:" + proposer }
 
 // Close stops the manager's subscription and waits for its goroutine,
 // whether or not Redis answers.
@@ -132,18 +144,18 @@ func (m *Manager) Close() error {
 
 var createScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 's', ARGV[1], 'v', 0, 'l', '')
 return 1
 `)
 
 // applyScript commits a transaction computed on version ARGV[1]: state,
 // version, last id, window and event, or nothing when the version moved.
-// For a keyed proposal ARGV[8] is the key and ARGV[9] and ARGV[10] the key
-// window's size and age (ms); KEYS[3] is a hash of each remembered key's
-// outcome ("t" and the transaction id, or "r" and the refusal), KEYS[4] a
-// sorted set of the keys by the time (Redis's clock, ms) they were
-// recorded. It returns 1 when committed, 0 when the version moved, -1 when
+// For a keyed proposal ARGV[8] is the key, ARGV[9] and ARGV[10] the key
+// window's size and age (ms) and ARGV[11] the proposer's lost field;
+// KEYS[3] is the proposer's hash of each remembered key's outcome ("t" and
+// the transaction id, or "r" and the refusal), KEYS[4] its sorted set of
+// the keys by the time (Redis's clock, ms) they were recorded. It returns 1 when committed, 0 when the version moved, -1 when
 // the item is gone, and 2 when the key was recorded meanwhile (by another
 // instance): the caller answers with that outcome.
 var applyScript = redis.NewScript(`
@@ -160,7 +172,7 @@ if n > 0 then
 end
 ` + rememberLua + `
 if key ~= '' then
-  remember(KEYS[1], KEYS[3], KEYS[4], key, 't' .. ARGV[3], tonumber(ARGV[9]), tonumber(ARGV[10]))
+  remember(KEYS[1], KEYS[3], KEYS[4], key, 't' .. ARGV[3], tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11])
 end
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
@@ -169,22 +181,23 @@ return 1
 // refuseScript remembers a function's refusal of a keyed proposal unless
 // the key was recorded meanwhile; it returns the outcome recorded.
 // KEYS as keyedApplyScript's 1, 3 and 4; ARGV: key, "r" and the refusal,
-// size, age.
+// size, age, lost field.
 var refuseScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local got = redis.call('HGET', KEYS[2], ARGV[1])
 if got then return got end
 ` + rememberLua + `
-remember(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
+remember(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5])
 return ARGV[2]
 `)
 
 // rememberLua records an outcome in the key window and trims it: keys
 // older than the age leave it; past the size the oldest leave too, and
 // when one of those was younger than the age, its time is kept in the
-// item's hash as 'lost' (a retry of an unknown key may be it).
+// item's hash as the proposer's lost field (a retry of an unknown key may
+// be it). The window expires an age after its last key.
 const rememberLua = `
-local function remember(item, outcomes, times, key, outcome, size, age)
+local function remember(item, outcomes, times, key, outcome, size, age, lost)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('HSET', outcomes, key, outcome)
@@ -197,20 +210,23 @@ local function remember(item, outcomes, times, key, outcome, size, age)
     local popped = redis.call('ZPOPMIN', times, extra)
     for i = 1, #popped, 2 do
       redis.call('HDEL', outcomes, popped[i])
-      redis.call('HSET', item, 'lost', popped[i + 1])
+      redis.call('HSET', item, lost, popped[i + 1])
     end
   end
+  redis.call('PEXPIRE', outcomes, age)
+  redis.call('PEXPIRE', times, age)
 end
 `
 
 // lookupScript returns a key's recorded outcome, or, when it has none,
-// "unsure" when a key younger than the age (ARGV[2], ms) was pushed out of
-// the window, or false. KEYS as refuseScript's.
+// "unsure" when a key of the proposer younger than the age (ARGV[2], ms)
+// was pushed out of its window (ARGV[3]: its lost field), or false. KEYS
+// as refuseScript's.
 var lookupScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local got = redis.call('HGET', KEYS[2], ARGV[1])
 if got then return got end
-local lost = redis.call('HGET', KEYS[1], 'lost')
+local lost = redis.call('HGET', KEYS[1], ARGV[3])
 if lost then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -231,7 +247,7 @@ return nv
 var removeScript = redis.NewScript(`
 local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return -1 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('PUBLISH', ARGV[1], '{"k":3,"s":' .. ARGV[2] .. ',"v":' .. (tonumber(v) + 1) .. '}')
 return 1
 `)
@@ -266,7 +282,7 @@ func (m *Manager) Create(ctx context.Context, shareDataID string, state json.Raw
 			m.AddFunction(shareDataID, fn)
 		}
 	}
-	n, err := createScript.Run(ctx, m.rdb, []string{m.itemKey(shareDataID), m.replayKey(shareDataID), m.keysKey(shareDataID), m.keyTimesKey(shareDataID)}, string(st)).Int()
+	n, err := createScript.Run(ctx, m.rdb, []string{m.itemKey(shareDataID), m.replayKey(shareDataID)}, string(st)).Int()
 	if err != nil {
 		return err
 	}
@@ -362,8 +378,10 @@ func (m *Manager) apply(ctx context.Context, shareDataID string, fn realtime.Fun
 		return nil, ctx.Err()
 	}
 	defer func() { <-turn }()
-	keys := []string{m.itemKey(shareDataID), m.replayKey(shareDataID), m.keysKey(shareDataID), m.keyTimesKey(shareDataID)}
+	proposer := realtime.ProposerFromContext(ctx)
+	keys := []string{m.itemKey(shareDataID), m.replayKey(shareDataID), m.keysKey(shareDataID, proposer), m.keyTimesKey(shareDataID, proposer)}
 	windowKeys := []string{keys[0], keys[2], keys[3]}
+	lost := lostField(proposer)
 	age := strconv.FormatInt(realtime.KeyWindowAge.Milliseconds(), 10)
 	// remembered answers with a recorded outcome.
 	remembered := func(outcome string) (*realtime.Transaction, error) {
@@ -374,7 +392,7 @@ func (m *Manager) apply(ctx context.Context, shareDataID string, fn realtime.Fun
 	}
 	for attempt := 0; ; attempt++ {
 		if key != "" {
-			got, err := lookupScript.Run(ctx, m.rdb, windowKeys, key, age).Result()
+			got, err := lookupScript.Run(ctx, m.rdb, windowKeys, key, age, lost).Result()
 			switch {
 			case errors.Is(err, redis.Nil):
 			case err != nil:
@@ -400,7 +418,7 @@ func (m *Manager) apply(ctx context.Context, shareDataID string, fn realtime.Fun
 			if key == "" || ctx.Err() != nil {
 				return nil, err // no key, or cut short: no outcome to remember
 			}
-			out, rerr := refuseScript.Run(ctx, m.rdb, windowKeys, key, "r"+err.Error(), realtime.KeyWindowSize, age).Text()
+			out, rerr := refuseScript.Run(ctx, m.rdb, windowKeys, key, "r"+err.Error(), realtime.KeyWindowSize, age, lost).Text()
 			if rerr != nil && !errors.Is(rerr, redis.Nil) {
 				return nil, rerr
 			}
@@ -419,7 +437,7 @@ func (m *Manager) apply(ctx context.Context, shareDataID string, fn realtime.Fun
 		rec, _ := json.Marshal(record{ID: tx.ID, Prev: tx.PreviousID, Msg: string(msg)})
 		ev, _ := json.Marshal(wireOf(realtime.Event{Kind: realtime.EventTransaction, ShareDataID: shareDataID, Version: snap.Version + 1, Transaction: tx}))
 		n, err := applyScript.Run(ctx, m.rdb, keys, strconv.FormatUint(snap.Version, 10), string(next), tx.ID, rec,
-			m.opts.ReplayBufferSize, m.channel(), ev, key, realtime.KeyWindowSize, age).Int()
+			m.opts.ReplayBufferSize, m.channel(), ev, key, realtime.KeyWindowSize, age, lost).Int()
 		if err != nil {
 			return nil, err
 		}
@@ -470,7 +488,7 @@ func (m *Manager) Update(ctx context.Context, shareDataID string, state json.Raw
 // the item and its window and publishes the event.
 func (m *Manager) Remove(ctx context.Context, shareDataID string) error {
 	id, _ := json.Marshal(shareDataID)
-	n, err := removeScript.Run(ctx, m.rdb, []string{m.itemKey(shareDataID), m.replayKey(shareDataID), m.keysKey(shareDataID), m.keyTimesKey(shareDataID)}, m.channel(), string(id)).Int()
+	n, err := removeScript.Run(ctx, m.rdb, []string{m.itemKey(shareDataID), m.replayKey(shareDataID)}, m.channel(), string(id)).Int()
 	if err != nil {
 		return err
 	}
