@@ -22,17 +22,9 @@ import (
 // the directory opens with exactly the changes that were accepted.
 func TestDiskManagerWritesResumeAfterFailure(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	opts := &DiskManagerOptions{CompactAfterBytes: -1, Logger: slog.New(slog.DiscardHandler)}
-	m, err := OpenDiskManager(dir, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, opts, set := t.TempDir(), failOptions(), testFunctions[0]
+	m := openWithDoc(t, dir, opts)
 	defer m.Close()
-	set := testFunctions[0]
-	if err := m.Create(ctx, "doc", json.RawMessage(`0`), set); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := m.Apply(ctx, "doc", set, json.RawMessage(`1`)); err != nil {
 		t.Fatal(err)
 	}
@@ -112,16 +104,8 @@ func TestDiskManagerWritesResumeAfterFailure(t *testing.T) {
 // tears the previous log's tail must not make the directory unopenable.
 func TestDiskManagerIgnoresEmptyNewestLog(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	opts := &DiskManagerOptions{CompactAfterBytes: -1, Logger: slog.New(slog.DiscardHandler)}
-	m, err := OpenDiskManager(dir, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	set := testFunctions[0]
-	if err := m.Create(ctx, "doc", json.RawMessage(`0`), set); err != nil {
-		t.Fatal(err)
-	}
+	dir, opts, set := t.TempDir(), failOptions(), testFunctions[0]
+	m := openWithDoc(t, dir, opts)
 	for i := 1; i <= 5; i++ {
 		if _, err := m.Apply(ctx, "doc", set, json.RawMessage(`1`)); err != nil {
 			t.Fatal(err)
@@ -150,4 +134,22 @@ func TestDiskManagerIgnoresEmptyNewestLog(t *testing.T) {
 	if _, err := m.Apply(ctx, "doc", set, json.RawMessage(`2`)); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// failOptions are the failure tests' options: no compaction, no logs.
+func failOptions() *DiskManagerOptions {
+	return &DiskManagerOptions{CompactAfterBytes: -1, Logger: slog.New(slog.DiscardHandler)}
+}
+
+// openWithDoc opens dir and creates "doc" (state 0) with the set function.
+func openWithDoc(t *testing.T, dir string, opts *DiskManagerOptions) *DiskManager {
+	t.Helper()
+	m, err := OpenDiskManager(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Create(context.Background(), "doc", json.RawMessage(`0`), testFunctions[0]); err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
