@@ -447,7 +447,7 @@ type inflateBudget struct {
 }
 
 // inflateReserve is the most credit a connection holds: four read
-// limits (1 MiB when there is no read limit).
+// limits (4 MiB when there is no read limit, or a huge one).
 func inflateReserve(readLimit int64) int64 {
 	if readLimit <= 0 || readLimit > 1<<40 {
 		return 4 << 20
@@ -467,7 +467,7 @@ func (b *inflateBudget) allow(n int, now int64, ratio int, readLimit int64) int6
 		if el := now - b.last; el >= int64(time.Second) {
 			b.credit = reserve
 		} else {
-			b.credit += perSec * el / int64(time.Second) // el < 1 s: cannot overflow for reserves below 2^33
+			b.credit += int64(float64(perSec) * float64(el) / float64(time.Second)) // el < 1 s: less than perSec
 		}
 	}
 	b.last = now

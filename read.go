@@ -151,7 +151,9 @@ func (c *Conn) inflateMessage(buf, z []byte, typ MessageType, frames int) ([]byt
 			c.inflated = &inflateBudget{}
 		}
 		if credit := c.inflated.allow(len(z), stamp(), ratio, limit); limit <= 0 || credit < limit {
-			limit, budgeted = credit, true
+			// inflate takes 0 for no limit: a spent budget still lets
+			// no more than a byte through.
+			limit, budgeted = max(credit, 1), true
 		}
 	}
 	start := len(buf)
