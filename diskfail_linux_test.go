@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net/http/httptest"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -64,6 +65,17 @@ func TestDiskManagerWritesResumeAfterFailure(t *testing.T) {
 		if strings.Contains(err.Error(), dir) || strings.Contains(err.Error(), "file too large") {
 			t.Fatalf("the error text %q names the file or the system's error", err)
 		}
+	}
+	// What a proposer reads over the wire: neither the path nor errno.
+	srv := NewServer(m, &ServerOptions{ResolveFunction: IDFunctionResolver(m), Logger: quietLogger})
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	defer srv.Shutdown(ctx)
+	c := dialRT(t, "ws"+strings.TrimPrefix(hs.URL, "http"), nil)
+	c.propose("doc", "set", string(big), "c-1")
+	if res := nextAs[*ProposalResultMessage](c); res.Accepted || !strings.Contains(res.Error, "could not be written") ||
+		strings.Contains(res.Error, dir) || strings.Contains(res.Error, "too large") || strings.Contains(res.Error, "log-") {
+		t.Fatalf("the proposer was told %q", res.Error)
 	}
 	// Small changes that fit are refused too while the log is failed, or
 	// accepted once it is repaired: never half-applied.
