@@ -431,9 +431,11 @@ func TestProposerFloodKeepsOthersKeys(t *testing.T) {
 	}
 
 	again := dialRT(t, rs.url, user("honest")) // the honest client reconnected
+	start := time.Now()
 	if r := propose(again, "increment", "h-1", true); !r.Accepted || r.TransactionID != first.TransactionID {
 		t.Fatalf("the honest retry after another proposer's flood: %+v, want transaction %s", r, first.TransactionID)
 	}
+	t.Logf("after %d refused keyed proposals of another proposer, the honest retry got its first transaction in %v", flood, time.Since(start))
 	if r := propose(mallory, "no", "m-0", true); r.Accepted || r.Code != CodeOutcomeUnknown {
 		t.Fatalf("the flooder's own oldest key: %+v, want outcome-unknown", r)
 	}
