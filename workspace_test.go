@@ -2,6 +2,7 @@ package realtime
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -104,5 +105,58 @@ func TestLicense(t *testing.T) {
 	}
 	if !strings.Contains(string(pkg), `"license": "MIT"`) || !strings.Contains(string(pkg), `"LICENSE"`) {
 		t.Error(`js/package.json does not declare "license": "MIT" and ship LICENSE`)
+	}
+}
+
+// TestWorkSumIsCurrent: go.work.sum holds every checksum the go command
+// wants for the workspace's module graph, so that a newcomer's first
+// go doc or go list does not rewrite a committed file. It runs go list -m
+// all on a copy of the workspace's go.work and module files.
+func TestWorkSumIsCurrent(t *testing.T) {
+	dir := t.TempDir()
+	copyFile := func(rel string) {
+		b, err := os.ReadFile(rel)
+		if err != nil {
+			if os.IsNotExist(err) {
+				return
+			}
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Join(dir, filepath.Dir(rel)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, rel), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	work, err := os.ReadFile("go.work")
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyFile("go.work")
+	copyFile("go.work.sum")
+	inUse := false
+	for _, line := range strings.Split(string(work), "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(line, "use ("):
+			inUse = true
+		case inUse && line == ")":
+			inUse = false
+		case inUse && line != "":
+			copyFile(filepath.Join(line, "go.mod"))
+			copyFile(filepath.Join(line, "go.sum"))
+		}
+	}
+	cmd := exec.Command("go", "list", "-m", "all")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GOWORK="+filepath.Join(dir, "go.work"), "GOFLAGS=")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go list -m all: %v\n%s", err, out)
+	}
+	before, _ := os.ReadFile("go.work.sum")
+	after, _ := os.ReadFile(filepath.Join(dir, "go.work.sum"))
+	if string(before) != string(after) {
+		t.Fatalf("go list -m all rewrites go.work.sum; commit what it writes:\n%s", after)
 	}
 }
