@@ -11,7 +11,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 // The crafted deflate streams of the inflate attacks: messages that cost
@@ -114,6 +116,21 @@ func compressMessage(p []byte) []byte {
 // compresses ratio times or a little less, and its compressed form:
 // random letters, each followed by a run of one letter.
 func ratioMessage(size, ratio int) ([]byte, []byte) {
+	key := [2]int{size, ratio}
+	if m, ok := ratioMessages.Load(key); ok {
+		pz := m.([2][]byte)
+		return pz[0], pz[1]
+	}
+	p, z := makeRatioMessage(size, ratio)
+	ratioMessages.Store(key, [2][]byte{p, z})
+	return p, z
+}
+
+// ratioMessages caches ratioMessage's search, which compresses the
+// message many times.
+var ratioMessages sync.Map
+
+func makeRatioMessage(size, ratio int) ([]byte, []byte) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	var best, bestZ []byte
 	for run := 1; run < 4096; run += 1 + run/8 {
@@ -221,10 +238,20 @@ func TestInflateBudget(t *testing.T) {
 		}
 	})
 	t.Run("honest", func(t *testing.T) {
-		srv, _ := echoServer(t, &AcceptOptions{EnableCompression: true})
-		rc := deflateHandshake(t, srv)
+		// The messages first (compressing is slow under the race
+		// detector), then the connection.
+		type msg struct{ p, z []byte }
+		var msgs []msg
 		for _, ratio := range []int{3, 10, 20, 30} {
 			p, z := ratioMessage(16<<10, ratio)
+			msgs = append(msgs, msg{p, z})
+		}
+		srv, _ := echoServer(t, &AcceptOptions{EnableCompression: true})
+		rc := deflateHandshake(t, srv)
+		rc.nc.SetDeadline(time.Now().Add(time.Minute))
+		for _, m := range msgs {
+			p, z := m.p, m.z
+			ratio := len(p) / len(z)
 			for i := 0; i < 50; i++ {
 				rc.sendRaw(frame(fText|rsv1Bit, true, z))
 				f := rc.mustRead()
