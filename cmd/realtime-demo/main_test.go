@@ -213,6 +213,14 @@ func TestDemoSafeSetup(t *testing.T) {
 		if err != nil {
 			t.Fatalf("connection %d: %v", i+1, err)
 		}
+		// A protocol ping answered: the server has registered it (the
+		// 101 comes before that).
+		if err := c.Write(ctx, realtime.MessageText, []byte(`{"v":1,"type":"ping","correlationId":"p"}`)); err != nil {
+			t.Fatal(err)
+		}
+		if _, m, err := c.Read(ctx); err != nil || !strings.Contains(string(m), `"pong"`) {
+			t.Fatalf("connection %d: %s, %v", i+1, m, err)
+		}
 		held = append(held, c)
 	}
 	_, resp, err = realtime.Dial(ctx, url, nil)
