@@ -70,8 +70,12 @@ type ServerOptions struct {
 	// means 100. Negative means no window: a client that reconnects with
 	// since gets the state and replay-cursor-not-found.
 	ReplayBufferSize int
-	// ReplayStore keeps the replay window. Nil means a
-	// MemoryReplayStore of ReplayBufferSize.
+	// ReplayStore keeps the replay window. Nil means the manager itself
+	// when it is one (DiskManager and redisrt.Manager keep their window
+	// with their items, so a replay outlives a restart or reaches another
+	// instance), else a MemoryReplayStore of ReplayBufferSize. To keep a
+	// window in memory over such a manager, pass
+	// NewMemoryReplayStore(n).
 	ReplayStore ReplayStore
 	// Registry carries events between instances. Nil means a
 	// MemoryChannelRegistry of this server alone.
@@ -315,7 +319,14 @@ func NewServer(m Manager, opts *ServerOptions) *Server {
 	}
 	s.store = o.ReplayStore
 	if s.store == nil {
-		s.store = NewMemoryReplayStore(o.ReplayBufferSize)
+		// A manager that keeps its own window: forgetting to pass it
+		// again as the store would quietly turn a window that survives
+		// restarts into one that does not.
+		if rs, ok := m.(ReplayStore); ok {
+			s.store = rs
+		} else {
+			s.store = NewMemoryReplayStore(o.ReplayBufferSize)
+		}
 	}
 	s.reg = o.Registry
 	if s.reg == nil {
