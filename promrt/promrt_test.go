@@ -56,7 +56,7 @@ realtime_connections_closed_total{cause="slow_consumer",code="4001"} 1
 `
 	var props []string
 	for _, fn := range []string{"increment", "other"} {
-		for _, out := range []string{"accepted", "disabled", "forbidden", "outcome_unknown", "rejected", "unresolved"} {
+		for _, out := range []string{"accepted", "disabled", "failed", "forbidden", "outcome_unknown", "rate_limited", "rejected", "unresolved"} {
 			v := "0"
 			if fn == "increment" && out == "accepted" || fn == "other" && out == "unresolved" {
 				v = "1"
@@ -97,8 +97,10 @@ rt_connections_closed_total{cause="slow_consumer",code="4001",instance_name="a"}
 # TYPE rt_proposals_total counter
 rt_proposals_total{instance_name="a",outcome="accepted"} 1
 rt_proposals_total{instance_name="a",outcome="disabled"} 0
+rt_proposals_total{instance_name="a",outcome="failed"} 0
 rt_proposals_total{instance_name="a",outcome="forbidden"} 0
 rt_proposals_total{instance_name="a",outcome="outcome_unknown"} 0
+rt_proposals_total{instance_name="a",outcome="rate_limited"} 0
 rt_proposals_total{instance_name="a",outcome="rejected"} 0
 rt_proposals_total{instance_name="a",outcome="unresolved"} 1
 `
