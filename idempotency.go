@@ -240,9 +240,11 @@ func (e *keyEntry) remembered(shareDataID string) (*Transaction, error) {
 
 // refusalToRemember reports whether a function's error is an outcome to
 // remember: not when the call was cut short by its context, since the
-// proposal was then neither applied nor decided.
+// proposal was then neither applied nor decided, nor when the function
+// panicked (a failure, which a retry may not meet).
 func refusalToRemember(err error) bool {
-	return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+	return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) &&
+		!errors.Is(err, ErrFunctionPanicked)
 }
 
 // isClosed reports whether ch is closed, without waiting.

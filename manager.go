@@ -494,7 +494,7 @@ func checkProposal(fn Function, proposed json.RawMessage) (json.RawMessage, erro
 // runFunction runs fn on current and proposed, and checks that the next
 // state it returns is JSON (compacted).
 func runFunction(ctx context.Context, fn Function, current, proposed json.RawMessage) (json.RawMessage, error) {
-	next, err := fn.Apply(ctx, current, proposed)
+	next, err := fn.Call(ctx, current, proposed)
 	if err != nil {
 		return nil, err
 	}

@@ -191,6 +191,9 @@ const (
 	// ProposalRateLimited: past the connection's ProposalsPerSecond;
 	// nothing ran.
 	ProposalRateLimited ProposalOutcome = "rate_limited"
+	// ProposalFailed: the function panicked (ErrFunctionPanicked); the
+	// proposer was told "internal error".
+	ProposalFailed ProposalOutcome = "failed"
 )
 
 // ProposalReport is one answered proposal, for Observer.Proposed.

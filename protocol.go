@@ -190,7 +190,8 @@ type LifecycleMessage struct {
 // TransactionID is carried when Accepted, Error when not. Code, optional,
 // names for programs why a proposal was not accepted when that is not the
 // function's or the authorizer's refusal: CodeOutcomeUnknown,
-// CodeRateLimited.
+// CodeRateLimited, CodeInternal (the function panicked; the server
+// logged it).
 type ProposalResultMessage struct {
 	CorrelationID string    // matches the answer to the request
 	Accepted      bool      // whether the proposal was applied
@@ -488,6 +489,9 @@ const (
 	// CodeInternal: the server failed to serve a subscribe and may
 	// succeed later (the manager or the replay store was unreachable). The
 	// subscription is not kept; the client subscribes again after a pause.
+	// On a proposal-result: the proposal failed on the server (its
+	// function panicked); the error text is fixed, the details are in the
+	// server's log.
 	CodeInternal ErrorCode = "internal-error"
 	// CodeOutcomeUnknown answers a retried proposal whose key the server
 	// no longer remembers: it may have been applied, and is not applied

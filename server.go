@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -566,6 +567,19 @@ func (s *Server) apply(ctx context.Context, m *ProposeMessage, fn Function, auth
 		return nil, ErrOutcomeUnknown
 	}
 	return s.manager.Apply(ctx, m.ShareDataID, fn, m.ProposedData)
+}
+
+// safeApply is apply, with a panic in a manager that does not recover its
+// functions' panics (Function.Call) returned as a *PanicError: one bad
+// proposal must not end the process. The panic may leave that manager's
+// item locked; the log says where.
+func (s *Server) safeApply(ctx context.Context, m *ProposeMessage, fn Function, auth any) (tx *Transaction, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			tx, err = nil, &PanicError{FunctionID: fn.ID, Value: r, Stack: debug.Stack()}
+		}
+	}()
+	return s.apply(ctx, m, fn, auth)
 }
 
 // proposerOf names the proposer whose keys a connection with auth uses

@@ -481,6 +481,8 @@ func (s *session) propose(m *ProposeMessage) {
 			res.Code = CodeOutcomeUnknown
 		case ProposalRateLimited:
 			res.Code = CodeRateLimited
+		case ProposalFailed:
+			res.Code = CodeInternal
 		}
 		s.send(res)
 		srv.proposed(m.FunctionID, outcome, start)
@@ -504,8 +506,20 @@ func (s *session) propose(m *ProposeMessage) {
 		reject(ProposalUnresolved, peerText(err))
 		return
 	}
-	tx, err := srv.apply(s.ctx, m, fn, s.auth)
+	tx, err := srv.safeApply(s.ctx, m, fn, s.auth)
 	switch {
+	case errors.Is(err, ErrFunctionPanicked):
+		// A bug on the server: its text and stack are for the log, not
+		// for the proposer.
+		var stack []byte
+		var pe *PanicError
+		if errors.As(err, &pe) {
+			stack = pe.Stack
+		}
+		srv.log.Error("realtime: a function panicked; the proposal is refused", "share_data_id", m.ShareDataID,
+			"function_id", m.FunctionID, "correlation_id", m.CorrelationID, "err", err, "stack", string(stack))
+		reject(ProposalFailed, "internal error")
+		return
 	case errors.Is(err, ErrOutcomeUnknown):
 		reject(ProposalOutcomeUnknown, peerText(err))
 		return

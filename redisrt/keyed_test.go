@@ -274,3 +274,20 @@ func TestProposeExactlyOnceOverRedis(t *testing.T) {
 	}
 	t.Logf("%d proposals over two instances, %d cuts: each applied once", workers*each, p.cuts.Load())
 }
+
+// TestFunctionPanicOnRedis: a function that panics is returned as
+// realtime.ErrFunctionPanicked, the process goes on, and the key is not
+// remembered: a retry with a function that works applies it.
+func TestFunctionPanicOnRedis(t *testing.T) {
+	a, _ := twoInstances(t)
+	ctx := context.Background()
+	boom := realtime.Function{ID: "boom", Apply: func(ctx context.Context, cur, p json.RawMessage) (json.RawMessage, error) {
+		panic("boom")
+	}}
+	if _, err := a.ApplyKeyed(ctx, "doc", boom, json.RawMessage(`{"by":1}`), "k-p", false); !errors.Is(err, realtime.ErrFunctionPanicked) {
+		t.Fatalf("a panicking function: %v", err)
+	}
+	if tx, err := a.ApplyKeyed(ctx, "doc", increment, json.RawMessage(`{"by":1}`), "k-p", true); err != nil || tx == nil {
+		t.Fatalf("the retry after the panic: %v", err)
+	}
+}

@@ -413,10 +413,10 @@ func (m *Manager) apply(ctx context.Context, shareDataID string, fn realtime.Fun
 		if err != nil {
 			return nil, err
 		}
-		next, err := fn.Apply(ctx, snap.State, proposed)
+		next, err := fn.Call(ctx, snap.State, proposed) // a panic is returned, not raised
 		if err != nil {
-			if key == "" || ctx.Err() != nil {
-				return nil, err // no key, or cut short: no outcome to remember
+			if key == "" || ctx.Err() != nil || errors.Is(err, realtime.ErrFunctionPanicked) {
+				return nil, err // no key, cut short, or a failure: no outcome to remember
 			}
 			out, rerr := refuseScript.Run(ctx, m.rdb, windowKeys, key, "r"+err.Error(), realtime.KeyWindowSize, age, lost).Text()
 			if rerr != nil && !errors.Is(rerr, redis.Nil) {
