@@ -47,6 +47,25 @@ trap 'rm -rf "$logs"' EXIT
 children() {
 	ps -eo pid=,stat=,comm= | awk '$2 !~ /^Z/ && $3 ~ /^(redis-server|chromium|chrome|node|realtime-demo|jstestserver|.*\.test)$/ {print $1}' | sort
 }
+# ours PID...: those of the PIDs that this run started: descendants of this
+# script, or orphans (a child whose parent ended is given to PID 1), not a
+# process someone else started meanwhile.
+ours() {
+	local pid p
+	for pid in "$@"; do
+		p=$(ps -o ppid= -p "$pid" | tr -d ' ')
+		if [ "$p" = 1 ]; then
+			echo "$pid" # an orphan
+			continue
+		fi
+		while [ -n "$p" ] && [ "$p" -gt 1 ] && [ "$p" != $$ ]; do
+			p=$(ps -o ppid= -p "$p" | tr -d ' ')
+		done
+		if [ "$p" = $$ ]; then
+			echo "$pid"
+		fi
+	done
+}
 leftover_before=$(children)
 tree_before=$(git status --porcelain 2>/dev/null || true)
 summary=()
@@ -129,7 +148,7 @@ for target in FuzzReadFrames FuzzDecodeClientMessage FuzzDecodeServerMessage; do
 done
 
 echo "=== what the run left behind"
-leftover=$(comm -13 <(echo "$leftover_before") <(children) | grep . || true)
+leftover=$(ours $(comm -13 <(echo "$leftover_before") <(children)))
 if [ -n "$leftover" ]; then
 	echo "test.sh: these processes started by the tests are still running:"
 	ps -o pid,ppid,args -p "$(echo $leftover | tr ' ' ',')" || true
