@@ -194,6 +194,8 @@ const (
 	// ProposalFailed: the function panicked (ErrFunctionPanicked); the
 	// proposer was told "internal error".
 	ProposalFailed ProposalOutcome = "failed"
+	// ProposalTimedOut: serving it took longer than ProposalTimeout.
+	ProposalTimedOut ProposalOutcome = "timeout"
 )
 
 // ProposalReport is one answered proposal, for Observer.Proposed.

@@ -190,8 +190,8 @@ type LifecycleMessage struct {
 // TransactionID is carried when Accepted, Error when not. Code, optional,
 // names for programs why a proposal was not accepted when that is not the
 // function's or the authorizer's refusal: CodeOutcomeUnknown,
-// CodeRateLimited, CodeInternal (the function panicked; the server
-// logged it).
+// CodeRateLimited, CodeTimeout, CodeInternal (the function panicked; the
+// server logged it).
 type ProposalResultMessage struct {
 	CorrelationID string    // matches the answer to the request
 	Accepted      bool      // whether the proposal was applied
@@ -501,6 +501,11 @@ const (
 	// ProposalsPerSecond: nothing ran and its key is not remembered, so
 	// it may be sent again later.
 	CodeRateLimited ErrorCode = "rate-limited"
+	// CodeTimeout answers a proposal that took longer than the server's
+	// ProposalTimeout: it was not applied, or (with a shared store
+	// committing at that moment) its outcome is unknown; a keyed retry
+	// tells which.
+	CodeTimeout ErrorCode = "timeout"
 )
 
 // Application close codes of the realtime protocol (RFC 6455 leaves

@@ -116,6 +116,13 @@ type ServerOptions struct {
 	// A replay that starts is sent whole; its bytes delay the next. Zero
 	// means 16 MiB. Negative means no limit.
 	ReplayBytesPerMinute int
+	// ProposalTimeout bounds serving one proposal: the authorizer, the
+	// resolver, the manager and the function get a context that ends then
+	// (with the proposal in it: ProposalFromContext). A proposal past it
+	// is answered accepted: false with code "timeout". A function or
+	// manager that does not heed its context holds the connection's reads
+	// until it returns. Zero means 10 s. Negative means none.
+	ProposalTimeout time.Duration
 	// ProposerID names the proposer of a connection's proposals, from its
 	// authentication value (what Authenticate returned): keyed proposals'
 	// outcomes are remembered per share data item and per proposer, so a
@@ -190,6 +197,9 @@ func (o ServerOptions) withDefaults() ServerOptions {
 	}
 	if o.ProposalsPerSecond == 0 {
 		o.ProposalsPerSecond = defaultProposalsPerSecond
+	}
+	if o.ProposalTimeout == 0 {
+		o.ProposalTimeout = defaultProposalTimeout
 	}
 	if o.ReplayBufferSize == 0 {
 		o.ReplayBufferSize = defaultReplayBufferSize // negative: NewMemoryReplayStore keeps none

@@ -483,6 +483,8 @@ func (s *session) propose(m *ProposeMessage) {
 			res.Code = CodeRateLimited
 		case ProposalFailed:
 			res.Code = CodeInternal
+		case ProposalTimedOut:
+			res.Code = CodeTimeout
 		}
 		s.send(res)
 		srv.proposed(m.FunctionID, outcome, start)
@@ -491,8 +493,10 @@ func (s *session) propose(m *ProposeMessage) {
 		reject(ProposalRateLimited, "too many proposals: at most "+strconv.Itoa(srv.opts.ProposalsPerSecond)+" per second on one connection")
 		return
 	}
+	ctx, cancel := s.proposalContext(m)
+	defer cancel()
 	if az := srv.opts.AuthorizePropose; az != nil {
-		if err := az(s.ctx, s.auth, m.ShareDataID, m.FunctionID); err != nil {
+		if err := az(ctx, s.auth, m.ShareDataID, m.FunctionID); err != nil {
 			reject(ProposalForbidden, peerText(err))
 			return
 		}
@@ -501,12 +505,12 @@ func (s *session) propose(m *ProposeMessage) {
 		reject(ProposalDisabled, "propose is not enabled on this server")
 		return
 	}
-	fn, err := srv.opts.ResolveFunction(s.ctx, m.ShareDataID, m.FunctionID)
+	fn, err := srv.opts.ResolveFunction(ctx, m.ShareDataID, m.FunctionID)
 	if err != nil {
 		reject(ProposalUnresolved, peerText(err))
 		return
 	}
-	tx, err := srv.safeApply(s.ctx, m, fn, s.auth)
+	tx, err := srv.safeApply(ctx, m, fn, s.auth)
 	switch {
 	case errors.Is(err, ErrFunctionPanicked):
 		// A bug on the server: its text and stack are for the log, not
@@ -519,6 +523,12 @@ func (s *session) propose(m *ProposeMessage) {
 		srv.log.Error("realtime: a function panicked; the proposal is refused", "share_data_id", m.ShareDataID,
 			"function_id", m.FunctionID, "correlation_id", m.CorrelationID, "err", err, "stack", string(stack))
 		reject(ProposalFailed, "internal error")
+		return
+	case err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && !errors.Is(s.ctx.Err(), context.Canceled):
+		// Past ProposalTimeout: a function that heeds its context
+		// returns; nothing was applied, unless the manager was already
+		// committing (a shared store), whose keyed retry tells.
+		reject(ProposalTimedOut, "the proposal took longer than "+srv.opts.ProposalTimeout.String()+"; it was not applied, or its outcome is unknown")
 		return
 	case errors.Is(err, ErrOutcomeUnknown):
 		reject(ProposalOutcomeUnknown, peerText(err))

@@ -186,7 +186,7 @@ func New(opts *Options) *Metrics {
 	m.durations = make(map[string]prometheus.Observer, len(fnValues))
 	for _, fn := range fnValues {
 		for _, out := range []realtime.ProposalOutcome{realtime.ProposalAccepted, realtime.ProposalForbidden,
-			realtime.ProposalDisabled, realtime.ProposalUnresolved, realtime.ProposalRejected, realtime.ProposalOutcomeUnknown, realtime.ProposalRateLimited, realtime.ProposalFailed} {
+			realtime.ProposalDisabled, realtime.ProposalUnresolved, realtime.ProposalRejected, realtime.ProposalOutcomeUnknown, realtime.ProposalRateLimited, realtime.ProposalFailed, realtime.ProposalTimedOut} {
 			lv := []string{string(out)}
 			if m.functions != nil {
 				lv = append(lv, fn)

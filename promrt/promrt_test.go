@@ -56,7 +56,7 @@ realtime_connections_closed_total{cause="slow_consumer",code="4001"} 1
 `
 	var props []string
 	for _, fn := range []string{"increment", "other"} {
-		for _, out := range []string{"accepted", "disabled", "failed", "forbidden", "outcome_unknown", "rate_limited", "rejected", "unresolved"} {
+		for _, out := range []string{"accepted", "disabled", "failed", "forbidden", "outcome_unknown", "rate_limited", "rejected", "timeout", "unresolved"} {
 			v := "0"
 			if fn == "increment" && out == "accepted" || fn == "other" && out == "unresolved" {
 				v = "1"
@@ -102,6 +102,7 @@ rt_proposals_total{instance_name="a",outcome="forbidden"} 0
 rt_proposals_total{instance_name="a",outcome="outcome_unknown"} 0
 rt_proposals_total{instance_name="a",outcome="rate_limited"} 0
 rt_proposals_total{instance_name="a",outcome="rejected"} 0
+rt_proposals_total{instance_name="a",outcome="timeout"} 0
 rt_proposals_total{instance_name="a",outcome="unresolved"} 1
 `
 	if err := testutil.CollectAndCompare(m, strings.NewReader(expect), "rt_connections_closed_total", "rt_proposals_total"); err != nil {
