@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -643,4 +644,33 @@ func (m *Manager) checkVersions(ctx context.Context) {
 		}
 	}
 	m.opts.Logger.Warn("redisrt: subscribed to Redis again", "share_data_checked", len(ids), "changed_meanwhile", changed)
+}
+
+// IDs implements realtime.ItemLister: the items under the manager's
+// prefix in Redis, whichever instance created them (a SCAN, in batches).
+func (m *Manager) IDs(ctx context.Context) ([]string, error) {
+	prefix := m.itemKey("")
+	var ids []string
+	iter := m.rdb.Scan(ctx, 0, globEscape(prefix)+"*", 1000).Iterator()
+	for iter.Next(ctx) {
+		ids = append(ids, strings.TrimPrefix(iter.Val(), prefix))
+	}
+	if err := iter.Err(); err != nil {
+		return nil, err
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// globEscape quotes the characters a SCAN pattern gives a meaning.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, c := range []byte(s) {
+		switch c {
+		case '*', '?', '[', ']', '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }
