@@ -4,6 +4,7 @@ import (
 	"context"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // This file is functions offered by kind of item, registered once, and the
@@ -64,44 +65,38 @@ type ItemLister interface {
 
 // IDs implements ItemLister.
 func (m *MemoryManager) IDs(ctx context.Context) ([]string, error) {
-	m.mu.RLock()
-	ids := make([]string, 0, len(m.items))
-	items := make([]*memItem, 0, len(m.items))
-	for id, it := range m.items {
-		ids, items = append(ids, id), append(items, it)
-	}
-	m.mu.RUnlock()
-	out := ids[:0]
-	for i, it := range items {
+	return liveIDs(&m.mu, m.items, func(it *memItem) bool {
 		it.mu.Lock()
-		removed := it.removed
-		it.mu.Unlock()
-		if !removed {
-			out = append(out, ids[i])
-		}
-	}
-	sort.Strings(out)
-	return out, nil
+		defer it.mu.Unlock()
+		return !it.removed
+	}), nil
 }
 
 // IDs implements ItemLister: the items on disk (created and not removed).
 func (m *DiskManager) IDs(ctx context.Context) ([]string, error) {
-	m.mu.RLock()
-	ids := make([]string, 0, len(m.items))
-	items := make([]*diskItem, 0, len(m.items))
-	for id, it := range m.items {
-		ids, items = append(ids, id), append(items, it)
-	}
-	m.mu.RUnlock()
-	out := ids[:0]
-	for i, it := range items {
+	return liveIDs(&m.mu, m.items, func(it *diskItem) bool {
 		it.smu.Lock()
-		live := it.live
-		it.smu.Unlock()
-		if live {
+		defer it.smu.Unlock()
+		return it.live
+	}), nil
+}
+
+// liveIDs returns the sorted ids of the items for which live holds. The
+// map is read under mu; live runs after, with no manager lock held.
+func liveIDs[T any](mu *sync.RWMutex, items map[string]T, live func(T) bool) []string {
+	mu.RLock()
+	ids := make([]string, 0, len(items))
+	its := make([]T, 0, len(items))
+	for id, it := range items {
+		ids, its = append(ids, id), append(its, it)
+	}
+	mu.RUnlock()
+	out := ids[:0]
+	for i, it := range its {
+		if live(it) {
 			out = append(out, ids[i])
 		}
 	}
 	sort.Strings(out)
-	return out, nil
+	return out
 }
