@@ -400,7 +400,8 @@ func inflate(buf, z []byte, limit int64) ([]byte, error) {
 	}()
 	base := int64(len(buf)) // the limit is on the bytes inflated, after what buf held
 	for {
-		if limit > 0 && int64(len(buf))-base >= limit {
+		left := limit - (int64(len(buf)) - base) // what the limit still allows, when there is one
+		if limit > 0 && left <= 0 {
 			// Full to the limit: any byte more is one too many.
 			var one [1]byte
 			n, err := io.ReadFull(inf.fr, one[:])
@@ -414,8 +415,8 @@ func inflate(buf, z []byte, limit int64) ([]byte, error) {
 		}
 		if len(buf) == cap(buf) {
 			grow := max(len(buf), 512)
-			if limit > 0 && int64(grow) > limit-(int64(len(buf))-base) { // below the limit: cannot overflow
-				grow = int(limit - (int64(len(buf)) - base))
+			if limit > 0 && int64(grow) > left { // 0 < left <= limit: cannot overflow
+				grow = int(left)
 			}
 			nb := make([]byte, len(buf), len(buf)+grow)
 			copy(nb, buf)
@@ -424,8 +425,8 @@ func inflate(buf, z []byte, limit int64) ([]byte, error) {
 		// Never more than the limit, also into a buffer reused with a
 		// larger capacity.
 		room := buf[len(buf):cap(buf)]
-		if limit > 0 && int64(len(room)) > limit-(int64(len(buf))-base) {
-			room = room[:limit-(int64(len(buf))-base)]
+		if limit > 0 && int64(len(room)) > left {
+			room = room[:left]
 		}
 		n, err := inf.fr.Read(room)
 		buf = buf[:len(buf)+n]
@@ -478,7 +479,3 @@ func (b *inflateBudget) allow(n int, now int64, ratio int, readLimit int64) int6
 	}
 	return b.credit
 }
-
-// errInflatedTooMuch reports a message that inflates past the
-// connection's inflate budget.
-var errInflatedTooMuch = errors.New("compressed messages inflate to too much")

@@ -992,13 +992,16 @@ func (m *DiskManager) ApplyKeyed(ctx context.Context, shareDataID string, fn Fun
 	if err != nil {
 		return nil, err
 	}
-	if it.hKeys == nil {
-		it.hKeys = newKeyWindows()
-	}
 	now := time.Now()
 	proposer := ProposerFromContext(ctx)
+	var w *keyWindow
 	for {
-		e := it.hKeys.window(proposer, now).lookup(key, now)
+		// Again after a wait: the head may be a new item's.
+		if it.hKeys == nil {
+			it.hKeys = newKeyWindows()
+		}
+		w = it.hKeys.window(proposer, now)
+		e := w.lookup(key, now)
 		if e == nil {
 			break
 		}
@@ -1015,13 +1018,12 @@ func (m *DiskManager) ApplyKeyed(ctx context.Context, shareDataID string, fn Fun
 		if e.err != nil {
 			// Its write failed: nothing was applied, so this one is
 			// applied as a first send.
-			it.hKeys.window(proposer, now).drop(e)
+			w.drop(e)
 			break
 		}
 		it.hmu.Unlock()
 		return e.remembered(shareDataID)
 	}
-	w := it.hKeys.window(proposer, now)
 	if retry && w.unsure(now) {
 		it.hmu.Unlock()
 		return nil, ErrOutcomeUnknown

@@ -159,9 +159,9 @@ func (w *keyWindow) pop() *keyEntry {
 	e := w.entries[w.head]
 	w.entries[w.head] = nil
 	w.head++
-	if w.byKey[e.key] == e { // not dropped and remembered again since
-		delete(w.byKey, e.key)
-	}
+	// Its key leaves the map, unless it was dropped and remembered again
+	// since.
+	w.drop(e)
 	if w.head > len(w.entries)/2 { // compact, keeping the order
 		n := copy(w.entries, w.entries[w.head:])
 		clear(w.entries[n:])

@@ -39,18 +39,6 @@ func (b *tokenBucket) refill(now int64, rate, burst float64) {
 	b.last = now
 }
 
-// spend takes cost tokens when any are left (the balance may go negative:
-// a large replay is not cut in the middle, and the debt delays the next
-// one) and reports whether it did.
-func (b *tokenBucket) spend(now int64, rate, burst, cost float64) bool {
-	b.refill(now, rate, burst)
-	if b.tokens <= 0 {
-		return false
-	}
-	b.tokens -= cost
-	return true
-}
-
 // take takes cost tokens only when the balance covers them, and reports
 // whether it did.
 func (b *tokenBucket) take(now int64, rate, burst, cost float64) bool {
@@ -86,14 +74,18 @@ func (s *session) allowReplay() bool {
 	return b.tokens > 0
 }
 
-// chargeReplay charges n replayed bytes to the connection's budget.
+// chargeReplay charges n replayed bytes to the connection's budget. The
+// balance may go negative: a replay is not cut in the middle, and the
+// debt delays the next one.
 func (s *session) chargeReplay(n int) {
 	per := s.srv.opts.ReplayBytesPerMinute
 	if per < 0 {
 		return
 	}
 	s.mu.Lock()
-	s.limitsLocked().replay.spend(stamp(), float64(per)/60, float64(per), float64(n))
+	b := &s.limitsLocked().replay
+	b.refill(stamp(), float64(per)/60, float64(per))
+	b.tokens -= float64(n)
 	s.mu.Unlock()
 }
 

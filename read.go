@@ -254,8 +254,8 @@ func (c *Conn) checkHeader(h *header, inMessage bool) *CloseError {
 // announcing a huge length cannot by itself make the reader allocate; and
 // it never grows past len(buf)+h.length, which the caller checked against
 // the read limit, so the memory one message holds is bounded by the limit,
-// not by what the allocator rounds up to. With pooled, buf is a buffer of
-// the write pools (a compressed message's, which *zp holds) and grows
+// not by what the allocator rounds up to. With zp non-nil, buf is a buffer
+// of the write pools (a compressed message's, which *zp holds) and grows
 // through their size classes.
 func (c *Conn) readPayload(buf []byte, h *header, text bool, zp **[]byte) ([]byte, error) {
 	remaining := h.length
@@ -440,32 +440,16 @@ func (c *Conn) fill(n int) error {
 	return nil
 }
 
-// readFull fills p from the buffer and then the network. Large reads go
-// straight into p.
+// readFull fills p from the buffer and then the network (readSome).
 func (c *Conn) readFull(p []byte) error {
-	k := copy(p, c.rbuf[c.rpos:c.rend])
-	c.rpos += k
-	p = p[k:]
-	if len(p) == 0 {
-		return nil
-	}
-	if len(p) < len(c.rbuf) {
-		if err := c.fill(len(p)); err != nil {
+	for len(p) > 0 {
+		n, err := c.readSome(p)
+		p = p[n:]
+		if err != nil {
 			return err
 		}
-		c.rpos += copy(p, c.rbuf[c.rpos:c.rend])
-		return nil
 	}
-	if err := c.waitErr; err != nil {
-		c.waitErr = nil
-		return err
-	}
-	c.rearmIdle()
-	_, err := io.ReadFull(c.nc, p)
-	if err == io.EOF {
-		err = io.ErrUnexpectedEOF
-	}
-	return err
+	return nil
 }
 
 // rearmIdle restarts the idle timeout before the first network read of a
